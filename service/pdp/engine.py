@@ -1,0 +1,179 @@
+"""The decision engine: the one place cedarpy evaluates requests.
+
+`Engine` holds the only mutable state of the PDP, a reference to an immutable
+`Snapshot`, replaced whole by `swap()`. A decision reads that reference once, so
+it runs start to finish on one snapshot even while a reload swaps in another.
+`evaluate()` is pure and is shared by the server and the policy test runner.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import cedarpy
+
+from pdp.bundle import Bundle, locate_entity_errors
+from pdp.errors import InvalidRequest, NotReady, UnknownTenant
+from pdp.model import (
+    DEFAULT_TENANT,
+    CheckInput,
+    CheckResult,
+    Decision,
+    PolicyError,
+    RequestEntities,
+)
+
+_POLICY_ERROR = re.compile(r"^error while evaluating policy `(?P<id>[^`]*)`: (?P<msg>.*)$", re.S)
+_FIELDS = ("context", "principal", "resource", "action", "entities")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The bundles being served, by tenant. Never mutated once built."""
+
+    bundles: Mapping[str, Bundle] = field(default_factory=lambda: MappingProxyType({}))
+
+    @staticmethod
+    def of(bundles: Mapping[str, Bundle]) -> Snapshot:
+        return Snapshot(MappingProxyType(dict(bundles)))
+
+    def replacing(self, tenant: str, bundle: Bundle) -> Snapshot:
+        return Snapshot.of({**self.bundles, tenant: bundle})
+
+
+class Engine:
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
+        self._snapshot = snapshot
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def swap(self, snapshot: Snapshot) -> None:
+        # A single reference assignment: atomic, and in-flight decisions keep the
+        # snapshot they already read.
+        self._snapshot = snapshot
+
+    def bundle(self, tenant: str) -> Bundle:
+        snapshot = self._snapshot
+        if snapshot is None:
+            raise NotReady("no policy bundle is active yet")
+        bundle = snapshot.bundles.get(tenant or DEFAULT_TENANT)
+        if bundle is None:
+            raise UnknownTenant(tenant or DEFAULT_TENANT)
+        return bundle
+
+    def check(self, tenant: str, request: CheckInput) -> CheckResult:
+        return evaluate(self.bundle(tenant), [request])[0]
+
+    def check_batch(self, tenant: str, requests: Sequence[CheckInput]) -> list[CheckResult]:
+        return evaluate(self.bundle(tenant), requests)
+
+
+def evaluate(bundle: Bundle, requests: Sequence[CheckInput]) -> list[CheckResult]:
+    """Decide every request against one bundle, in order.
+
+    Requests that share the same request entities share one parse of them, and
+    each such group is decided in one cedarpy call.
+    """
+    groups: dict[RequestEntities | None, list[int]] = {}
+    for i, req in enumerate(requests):
+        groups.setdefault(req.entities, []).append(i)
+    results: list[CheckResult | None] = [None] * len(requests)
+    schema = bundle.schema if bundle.manifest.validate_requests else None
+    for delta, indices in groups.items():
+        entities = _entities(bundle, delta, indices[0])
+        batch = [_cedar_request(requests[i]) for i in indices]
+        for i, outcome in zip(indices, _authorize(batch, bundle, entities, schema), strict=True):
+            results[i] = _result(bundle, outcome, i)
+    return [r for r in results if r is not None]
+
+
+def _cedar_request(req: CheckInput) -> dict[str, Any]:
+    context = req.context if isinstance(req.context, str) else dict(req.context)
+    return {
+        "principal": req.principal.as_cedar(),
+        "action": req.action.as_cedar(),
+        "resource": req.resource.as_cedar(),
+        "context": context,
+    }
+
+
+def _entities(bundle: Bundle, delta: RequestEntities | None, index: int) -> Any:
+    if delta is None:
+        return bundle.entities
+    try:
+        if bundle.entity_count == 0:
+            return cedarpy.Entities.from_json_str(delta.json, bundle.schema)
+        # A disjoint union: a request may add entities but never redefine a base
+        # entity (that would let a caller rewrite its own group memberships).
+        return bundle.entities.with_added_json_str(delta.json, bundle.schema)
+    except ValueError as exc:
+        problems = locate_entity_errors("entities", delta.json, bundle.schema, str(exc))
+        detail = "; ".join(
+            f"{p.message} (line {p.line})" if p.line and p.line > 1 else p.message for p in problems
+        )
+        if "duplicate" in str(exc):
+            detail = f"{exc} (request entities may not redefine base entities)"
+        raise InvalidRequest("entities", detail, index) from exc
+
+
+def _authorize(
+    batch: list[dict[str, Any]], bundle: Bundle, entities: Any, schema: Any
+) -> list[dict[str, Any]]:
+    try:
+        return [
+            r._authz_resp
+            for r in cedarpy.is_authorized_batch(batch, bundle.policy_set, entities, schema)
+        ]
+    except Exception as exc:  # noqa: BLE001 - any engine fault must become Deny, never Allow
+        fault = {"decision": "Deny", "diagnostics": {"errors": [f"evaluation failed: {exc}"]}}
+        return [fault] * len(batch)
+
+
+def _result(bundle: Bundle, outcome: Mapping[str, Any], index: int) -> CheckResult:
+    diagnostics = outcome.get("diagnostics") or {}
+    raw_errors: list[str] = list(diagnostics.get("errors") or [])
+    verdict = outcome.get("decision")
+    if verdict not in ("Allow", "Deny"):
+        # Cedar gives no decision only when the request itself is invalid.
+        message = "; ".join(raw_errors) or "request rejected by Cedar"
+        raise InvalidRequest(_field_of(message), message, index)
+    errors = [_policy_error(bundle, e) for e in raw_errors]
+    return CheckResult(
+        decision=Decision.ALLOW if verdict == "Allow" and not _faulted(errors) else Decision.DENY,
+        determining_policies=[bundle.policy_id(p) for p in diagnostics.get("reason") or []],
+        errors=errors,
+        version=bundle.version,
+        decision_id=str(uuid.uuid4()),
+    )
+
+
+def _faulted(errors: list[PolicyError]) -> bool:
+    # An error not tied to a policy means evaluation itself failed: fail closed.
+    return any(not e.policy_id for e in errors)
+
+
+def _policy_error(bundle: Bundle, message: str) -> PolicyError:
+    m = _POLICY_ERROR.match(message)
+    if m is None:
+        return PolicyError("", message)
+    return PolicyError(bundle.policy_id(m["id"]), m["msg"])
+
+
+def _field_of(message: str) -> str:
+    """Name the request field a Cedar request error is about."""
+    lowered = message.lower()
+    positions = [(lowered.find(f), f) for f in _FIELDS if f in lowered]
+    return min(positions)[1] if positions else "request"
+
+
+def entities_json(entities: Sequence[Mapping[str, Any]]) -> RequestEntities:
+    """Request entities from Cedar JSON entity objects."""
+    return RequestEntities(json.dumps(list(entities), separators=(",", ":")))
