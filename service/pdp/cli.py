@@ -1,0 +1,190 @@
+"""`pdp` command line: serve, check, validate, bundle build.
+
+Exit codes: 0 success (for `check`: ALLOW), 1 failure (for `check`: DENY; for
+`validate`: problems found), 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from pdp import __version__
+from pdp.bundle import compile_bundle, load_bundle
+from pdp.bundle_files import build_archive, read_bundle_files
+from pdp.config import default_bundle, load_settings
+from pdp.errors import BundleError, PdpError
+from pdp.model import DEFAULT_TENANT
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BundleError as exc:
+        print(f"pdp: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    except PdpError as exc:
+        print(f"pdp: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pdp", description="Cedar policy decision point")
+    p.add_argument("--version", action="version", version=f"pdp {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve decisions over gRPC")
+    serve.add_argument("--config", type=Path, help="TOML settings file")
+    serve.add_argument("--listen", help="host:port (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--bundle",
+        action="append",
+        metavar="[TENANT=]PATH",
+        help="a tenant's bundle (repeatable; no TENANT= means 'default')",
+    )
+    serve.add_argument("--bundles-dir", type=Path, help="directory of bundles, one per tenant")
+    serve.add_argument("--max-batch-items", type=int)
+    serve.add_argument("--max-message-bytes", type=int)
+    serve.add_argument("--no-watch", dest="watch", action="store_const", const=False)
+    serve.add_argument("--reload-debounce-ms", type=int)
+    serve.add_argument("--shutdown-grace-seconds", type=float)
+    serve.add_argument("--log-level")
+    serve.set_defaults(func=_serve)
+
+    check = sub.add_parser("check", help="ask for one decision")
+    check.add_argument("--principal", required=True, help='e.g. User::"alice"')
+    check.add_argument("--action", required=True, help='e.g. Action::"read"')
+    check.add_argument("--resource", required=True, help='e.g. Document::"doc-1"')
+    check.add_argument("--context", default="", help="context as Cedar JSON (an object)")
+    check.add_argument("--entities", default="", help="request entities: Cedar JSON or @FILE")
+    check.add_argument("--tenant", default="")
+    where = check.add_mutually_exclusive_group()
+    where.add_argument("--bundle", type=Path, help="decide in-process against this bundle")
+    where.add_argument("--server", help="ask a running server at host:port")
+    check.add_argument("--json", action="store_true", help="print the decision as JSON")
+    check.set_defaults(func=_check)
+
+    validate = sub.add_parser("validate", help="report every problem in a bundle")
+    validate.add_argument("bundle", type=Path, nargs="?", default=None)
+    validate.set_defaults(func=_validate)
+
+    bundle = sub.add_parser("bundle", help="bundle tools")
+    bsub = bundle.add_subparsers(dest="bundle_command", required=True)
+    build = bsub.add_parser("build", help="write a reproducible .tar.gz of a valid bundle")
+    build.add_argument("bundle", type=Path)
+    build.add_argument("-o", "--output", type=Path, required=True)
+    build.set_defaults(func=_build)
+    return p
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pdp.app import App  # grpc is imported only by the commands that serve
+
+    try:
+        settings = load_settings(_serve_flags(args), args.config)
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = ".".join(str(x) for x in err["loc"]) or "settings"
+            print(f"pdp: invalid setting {name}: {err['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, ValueError) as exc:  # unreadable or malformed config file
+        print(f"pdp: invalid config file {args.config}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = App(settings)
+    try:
+        app.load()
+    except BundleError as exc:
+        print(f"pdp: cannot start: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        asyncio.run(app.run())
+    except (OSError, RuntimeError) as exc:  # e.g. the port is taken
+        print(f"pdp: cannot serve on {settings.listen}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
+    flags: dict[str, object] = {
+        k: v
+        for k in (
+            "listen",
+            "bundles_dir",
+            "max_batch_items",
+            "max_message_bytes",
+            "watch",
+            "reload_debounce_ms",
+            "shutdown_grace_seconds",
+            "log_level",
+        )
+        if (v := getattr(args, k)) is not None
+    }
+    if args.bundle:
+        bundles: dict[str, Path] = {}
+        for spec in args.bundle:
+            tenant, sep, path = spec.rpartition("=")
+            bundles[tenant if sep else DEFAULT_TENANT] = Path(path)
+        flags["bundles"] = bundles
+    elif args.bundles_dir is not None:
+        flags["bundles"] = {}
+    return flags
+
+
+def _validate(args: argparse.Namespace) -> int:
+    path = args.bundle or default_bundle()
+    bundle = load_bundle(path)  # BundleError -> every problem printed, exit 1
+    kinds = [p for p in bundle.policies.values()]
+    print(
+        f"{path}: OK — {bundle.version.name} {bundle.version.version}, "
+        f"{sum(not p.is_template for p in kinds)} policies, "
+        f"{sum(p.is_template for p in kinds)} templates, {bundle.entity_count} entities, "
+        f"{bundle.version.digest}"
+    )
+    return EXIT_OK
+
+
+def _build(args: argparse.Namespace) -> int:
+    files = read_bundle_files(args.bundle)
+    bundle = compile_bundle(files)  # refuse to package a bundle that would not load
+    args.output.write_bytes(build_archive(files))
+    print(f"{args.output}: {bundle.version.name} {bundle.version.version} {files.digest}")
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pdp.check_cli import run_check
+
+    result = run_check(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(_human(result))
+    return EXIT_OK if result["decision"] == "ALLOW" else EXIT_FAIL
+
+
+def _human(r: dict[str, Any]) -> str:
+    lines = [r["decision"]]
+    if r["determining_policies"]:
+        lines[0] += f"  (determined by: {', '.join(r['determining_policies'])})"
+    else:
+        lines[0] += "  (no policy applied: denied by default)" if r["decision"] == "DENY" else ""
+    for e in r["errors"]:
+        lines.append(f"  error in {e['policy_id'] or '(request)'}: {e['message']}")
+    v = r["policy_version"]
+    lines.append(f"  bundle {v['bundle']} {v['version']} ({v['digest'][:19]}…)")
+    lines.append(f"  decision id {r['decision_id']}")
+    return "\n".join(lines)

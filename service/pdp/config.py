@@ -1,0 +1,109 @@
+"""Settings: command-line flags, then `PDP_*` environment variables, then a TOML file.
+
+Everything is validated before any port opens; a bad setting is reported by name.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from pdp.model import DEFAULT_TENANT
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_MAX_BATCH_ITEMS = 100
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_LISTEN = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
+
+
+def default_bundle() -> Path:
+    """The repository's `policies/` bundle, else `./policies` (e.g. in the container)."""
+    beside_source = Path(__file__).resolve().parents[2] / "policies"
+    return beside_source if beside_source.is_dir() else Path("policies")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PDP_", extra="forbid", frozen=True)
+
+    listen: str = DEFAULT_LISTEN
+    """host:port to serve gRPC on; port 0 picks a free port."""
+
+    bundles: dict[str, Path] = Field(default_factory=lambda: {DEFAULT_TENANT: default_bundle()})
+    """Tenant name -> bundle directory or .tar.gz."""
+
+    bundles_dir: Path | None = None
+    """A directory whose every subdirectory or .tar.gz is a tenant's bundle (name = tenant)."""
+
+    max_batch_items: int = Field(DEFAULT_MAX_BATCH_ITEMS, ge=1, le=10_000)
+    """Most items one CheckBatch may carry (AVP caps at 30)."""
+
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024, le=256 * 1024 * 1024)
+    """Largest request accepted; larger ones get RESOURCE_EXHAUSTED."""
+
+    watch: bool = True
+    """Reload a tenant's bundle when its files change."""
+
+    reload_debounce_ms: int = Field(300, ge=10, le=60_000)
+    """Quiet time after a file change before reloading, so an editor's burst is one reload."""
+
+    shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
+    """How long in-flight calls may take to finish after SIGTERM."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        m = _LISTEN.fullmatch(v)
+        if m is None or int(m["port"]) > 65535:
+            raise ValueError("must be host:port with a port from 0 to 65535")
+        return v
+
+    @field_validator("bundles")
+    @classmethod
+    def _check_bundles(cls, v: dict[str, Path]) -> dict[str, Path]:
+        for tenant, path in v.items():
+            if not TENANT_NAME.fullmatch(tenant):
+                raise ValueError(f"tenant name {tenant!r} must match {TENANT_NAME.pattern}")
+            if not path.exists():
+                raise ValueError(f"bundle for tenant {tenant!r} does not exist: {path}")
+        return v
+
+    @field_validator("bundles_dir")
+    @classmethod
+    def _check_bundles_dir(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_dir():
+            raise ValueError(f"not a directory: {v}")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_settings(flags: dict[str, object], config_file: Path | None = None) -> Settings:
+    """Settings from flags (those given), the environment and an optional TOML file."""
+    if config_file is None:
+        return Settings(**flags)  # type: ignore[arg-type]
+
+    class FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    return FromFile(**flags)  # type: ignore[arg-type]

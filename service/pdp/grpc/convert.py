@@ -1,0 +1,175 @@
+"""Convert between the wire types (pdp.v1) and the domain model, validating as it goes.
+
+Every rejection names the request field it is about, e.g. `items[2].context.amount`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pdp._proto.v1 import authorization_pb2 as pb
+from pdp._proto.v1 import value_pb2 as vpb
+from pdp.errors import InvalidRequest
+from pdp.model import CheckInput, CheckResult, Decision, EntityRef, RequestEntities
+
+# Cedar entity type names: identifiers joined by `::` (namespaces).
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*")
+_EXTENSIONS = {"ipaddr": "ip", "decimal": "decimal", "datetime": "datetime", "duration": "duration"}
+_MAX_DEPTH = 32  # nesting of sets/records; deeper values are refused, not recursed into
+_DECISIONS = {Decision.ALLOW: pb.DECISION_ALLOW, Decision.DENY: pb.DECISION_DENY}
+
+
+def entity_ref(field: str, uid: vpb.EntityUid) -> EntityRef:
+    if not uid.type:
+        raise InvalidRequest(f"{field}.type", "must not be empty")
+    if not _TYPE_NAME.fullmatch(uid.type):
+        raise InvalidRequest(f"{field}.type", f"{uid.type!r} is not a Cedar entity type name")
+    return EntityRef(uid.type, uid.id)
+
+
+def _required_ref(field: str, holder: Any, name: str) -> EntityRef:
+    if not holder.HasField(name):
+        raise InvalidRequest(field, "required")
+    return entity_ref(field, getattr(holder, name))
+
+
+def value(field: str, v: vpb.Value, depth: int = 0) -> Any:
+    """A typed value as Cedar JSON, with explicit escapes so no schema is needed to read it."""
+    if depth > _MAX_DEPTH:
+        raise InvalidRequest(field, f"nested deeper than {_MAX_DEPTH} levels")
+    kind = v.WhichOneof("kind")
+    if kind is None:
+        raise InvalidRequest(field, "value has no type set")
+    if kind == "bool":
+        return v.bool
+    if kind == "long":
+        return v.long
+    if kind == "string":
+        return v.string
+    if kind == "set":
+        return [value(f"{field}[{i}]", x, depth + 1) for i, x in enumerate(v.set.values)]
+    if kind == "record":
+        return record(field, v.record.fields, depth + 1)
+    if kind == "entity":
+        return {"__entity": entity_ref(field, v.entity).as_cedar()}
+    return {"__extn": {"fn": _EXTENSIONS[kind], "arg": getattr(v, kind)}}
+
+
+def record(field: str, fields: Mapping[str, vpb.Value], depth: int = 0) -> dict[str, Any]:
+    return {k: value(f"{field}.{k}", fields[k], depth) for k in sorted(fields)}
+
+
+def context(
+    field: str, typed: Mapping[str, vpb.Value], text: str
+) -> Mapping[str, Any] | str | None:
+    """The context given, or None when neither form is set (so a batch default applies)."""
+    if typed and text:
+        raise InvalidRequest(field, "set either context or context_json, not both")
+    if text:
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise InvalidRequest(f"{field}_json", f"not valid JSON: {exc}") from exc
+        if not isinstance(parsed, dict):
+            raise InvalidRequest(f"{field}_json", "must be a JSON object (a Cedar record)")
+        return text  # cedarpy parses it again with the schema; pass the text through
+    if typed:
+        return record(field, typed)
+    return None
+
+
+def entities(field: str, typed: Sequence[vpb.Entity], text: str) -> RequestEntities | None:
+    """Request entities as Cedar JSON, or None when none are given."""
+    items: list[Any] = [_entity(f"{field}[{i}]", e) for i, e in enumerate(typed)]
+    if text:
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise InvalidRequest(f"{field}_json", f"not valid JSON: {exc}") from exc
+        if not isinstance(parsed, list):
+            raise InvalidRequest(f"{field}_json", "must be a JSON list of Cedar entities")
+        if not items:
+            return RequestEntities(text)
+        items += parsed
+    if not items:
+        return None
+    return RequestEntities(json.dumps(items, separators=(",", ":")))
+
+
+def _entity(field: str, e: vpb.Entity) -> dict[str, Any]:
+    return {
+        "uid": _required_ref(f"{field}.uid", e, "uid").as_cedar(),
+        "attrs": record(f"{field}.attrs", e.attrs),
+        "parents": [
+            entity_ref(f"{field}.parents[{i}]", p).as_cedar() for i, p in enumerate(e.parents)
+        ],
+        "tags": record(f"{field}.tags", e.tags),
+    }
+
+
+def check_input(req: pb.CheckRequest) -> CheckInput:
+    ctx = context("context", req.context, req.context_json)
+    return CheckInput(
+        principal=_required_ref("principal", req, "principal"),
+        action=_required_ref("action", req, "action"),
+        resource=_required_ref("resource", req, "resource"),
+        context={} if ctx is None else ctx,
+        entities=entities("entities", req.entities, req.entities_json),
+    )
+
+
+def batch_inputs(req: pb.CheckBatchRequest) -> list[CheckInput]:
+    """Items with the batch-level principal, context and entities filled in where unset."""
+    principal = entity_ref("principal", req.principal) if req.HasField("principal") else None
+    ctx = context("context", req.context, req.context_json)
+    ents = entities("entities", req.entities, req.entities_json)
+    out: list[CheckInput] = []
+    for i, item in enumerate(req.items):
+        at = f"items[{i}]"
+        if item.HasField("principal"):
+            item_principal = entity_ref(f"{at}.principal", item.principal)
+        elif principal is not None:
+            item_principal = principal
+        else:
+            raise InvalidRequest(f"{at}.principal", "required (no batch-level principal either)")
+        item_ctx = context(f"{at}.context", item.context, item.context_json)
+        item_ents = entities(f"{at}.entities", item.entities, item.entities_json)
+        out.append(
+            CheckInput(
+                principal=item_principal,
+                action=_required_ref(f"{at}.action", item, "action"),
+                resource=_required_ref(f"{at}.resource", item, "resource"),
+                context=item_ctx if item_ctx is not None else (ctx if ctx is not None else {}),
+                entities=item_ents if item_ents is not None else ents,
+            )
+        )
+    return out
+
+
+def batch_error_field(req: pb.CheckBatchRequest, exc: InvalidRequest) -> InvalidRequest:
+    """Name an engine error by the field that caused it: the item's, or the batch default's."""
+    if exc.index is None:
+        return exc
+    item = req.items[exc.index]
+    own = {
+        "principal": item.HasField("principal"),
+        "context": bool(item.context or item.context_json),
+        "entities": bool(item.entities or item.entities_json),
+    }
+    if own.get(exc.field, True):
+        return exc.within(f"items[{exc.index}]")
+    return exc
+
+
+def check_response(result: CheckResult) -> pb.CheckResponse:
+    v = result.version
+    return pb.CheckResponse(
+        decision=_DECISIONS[result.decision],
+        determining_policies=result.determining_policies,
+        errors=[pb.PolicyError(policy_id=e.policy_id, message=e.message) for e in result.errors],
+        policy_version=pb.PolicyVersion(bundle=v.name, version=v.version, digest=v.digest),
+        decision_id=result.decision_id,
+    )

@@ -1,0 +1,61 @@
+"""Build the gRPC server: decision service, health checking and reflection."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from pdp._proto.v1 import authorization_pb2 as pb
+from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
+from pdp.engine import Engine
+from pdp.grpc.servicer import AuthorizationServicer
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class PdpServer:
+    """A started-on-demand grpc.aio server with its health servicer."""
+
+    def __init__(
+        self, engine: Engine, listen: str, *, max_batch_items: int, max_message_bytes: int
+    ) -> None:
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share
+            ]
+        )
+        pb_grpc.add_AuthorizationServiceServicer_to_server(
+            AuthorizationServicer(engine, max_batch_items), self.server
+        )
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {listen}")
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, refuse new calls and let in-flight ones finish within `grace`."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)

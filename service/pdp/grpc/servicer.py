@@ -1,0 +1,44 @@
+"""AuthorizationService: convert the request, ask the engine, convert the result."""
+
+from __future__ import annotations
+
+import grpc
+
+from pdp._proto.v1 import authorization_pb2 as pb
+from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
+from pdp.engine import Engine
+from pdp.errors import InvalidRequest
+from pdp.grpc import convert
+from pdp.grpc.status import handle_errors
+
+
+class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
+    def __init__(self, engine: Engine, max_batch_items: int) -> None:
+        self._engine = engine
+        self._max_batch_items = max_batch_items
+
+    @handle_errors
+    async def Check(
+        self,
+        request: pb.CheckRequest,
+        context: grpc.aio.ServicerContext[pb.CheckRequest, pb.CheckResponse],
+    ) -> pb.CheckResponse:
+        result = self._engine.check(request.tenant, convert.check_input(request))
+        return convert.check_response(result)
+
+    @handle_errors
+    async def CheckBatch(
+        self,
+        request: pb.CheckBatchRequest,
+        context: grpc.aio.ServicerContext[pb.CheckBatchRequest, pb.CheckBatchResponse],
+    ) -> pb.CheckBatchResponse:
+        if len(request.items) > self._max_batch_items:
+            raise InvalidRequest(
+                "items", f"{len(request.items)} items exceed the limit of {self._max_batch_items}"
+            )
+        inputs = convert.batch_inputs(request)
+        try:
+            results = self._engine.check_batch(request.tenant, inputs)
+        except InvalidRequest as exc:
+            raise convert.batch_error_field(request, exc) from exc
+        return pb.CheckBatchResponse(results=[convert.check_response(r) for r in results])

@@ -1,0 +1,48 @@
+"""The one table from the core's error codes to gRPC status codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from pdp.errors import Code, PdpError
+
+log = logging.getLogger(__name__)
+
+GRPC_STATUS: dict[Code, grpc.StatusCode] = {
+    Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
+
+
+def handle_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Turn core errors into their status; anything unexpected into INTERNAL (never a decision)."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> Resp:
+        try:
+            return await method(self, request, context)
+        except PdpError as exc:
+            await context.abort(GRPC_STATUS[exc.code], exc.message)
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error; the request was not decided"
+            )
+        raise AssertionError("unreachable: abort() raises")
+
+    return wrapper

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
+
+from .support import DOCS_BUNDLE, REPO, ServerProcess, running_server
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """One real server for read-only tests: the default bundle as `default`, `docs` as `docs`."""
+    with running_server(
+        ["--bundle", f"default={REPO / 'policies'}", "--bundle", f"docs={DOCS_BUNDLE}", "--no-watch"]
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
+    with server.channel() as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def stub(channel: grpc.Channel) -> pb_grpc.AuthorizationServiceStub:
+    return pb_grpc.AuthorizationServiceStub(channel)
