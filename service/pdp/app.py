@@ -71,11 +71,15 @@ class App:
         watcher = asyncio.create_task(self._watch()) if s.watch else None
         with _signals(self):
             await self._stop.wait()
-        log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
+        await server.enter_shutdown()  # health NOT_SERVING from here on
         if watcher:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        if s.drain_seconds:
+            log.info("shutting down: NOT_SERVING, still answering for %.1fs", s.drain_seconds)
+            await asyncio.sleep(s.drain_seconds)
+        log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
         await server.stop(s.shutdown_grace_seconds)
         log.info("stopped")
 

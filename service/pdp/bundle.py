@@ -33,6 +33,7 @@ MANIFEST = "manifest.json"
 SCHEMA_FILES = ("schema.cedarschema", "schema.cedarschema.json")
 ENTITIES = "entities.json"
 LINKS = "links.json"
+MAX_LOCATED = 10  # entity problems reported at most: enough to act on, bounded in size
 
 
 class Manifest(BaseModel):
@@ -46,6 +47,17 @@ class Manifest(BaseModel):
     validation: Literal["strict", "off"] = "strict"
     # Validate each request (principal/resource types, context shape) against the schema.
     validate_requests: bool = True
+
+
+class _EntityShape(BaseModel):
+    """The shape of one Cedar JSON entity, checked only to explain Cedar's terse errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uid: dict[str, Any]
+    attrs: dict[str, Any]
+    parents: list[Any]
+    tags: dict[str, Any] = Field(default_factory=dict)
 
 
 class Link(BaseModel):
@@ -298,10 +310,19 @@ def locate_entity_errors(name: str, text: str, schema: Any, message: str) -> lis
         return [BundleProblem(name, f"not a JSON list of entities: {exc}")]
     found: list[BundleProblem] = []
     seen: dict[str, int] = {}
-    for offset, value in starts:
+    for index, (offset, value) in enumerate(starts):
+        if len(found) >= MAX_LOCATED:
+            break
         line = text.count("\n", 0, offset) + 1
         uid = value.get("uid") if isinstance(value, dict) else None
-        label = json.dumps(uid) if uid is not None else "entity"
+        label = json.dumps(uid) if uid is not None else f"[{index}]"
+        try:
+            _EntityShape.model_validate(value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"]) or "entity"
+            found.append(BundleProblem(name, f"{label}: {where}: {err['msg']}", line))
+            continue
         try:
             cedarpy.Entities.from_json_str(json.dumps([value]), schema)
         except ValueError as exc:

@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-watch", dest="watch", action="store_const", const=False)
     serve.add_argument("--reload-debounce-ms", type=int)
     serve.add_argument("--shutdown-grace-seconds", type=float)
+    serve.add_argument("--drain-seconds", type=float)
     serve.add_argument("--log-level")
     serve.set_defaults(func=_serve)
 
@@ -129,6 +130,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "watch",
             "reload_debounce_ms",
             "shutdown_grace_seconds",
+            "drain_seconds",
             "log_level",
         )
         if (v := getattr(args, k)) is not None

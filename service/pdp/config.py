@@ -57,7 +57,11 @@ class Settings(BaseSettings):
     """Quiet time after a file change before reloading, so an editor's burst is one reload."""
 
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
-    """How long in-flight calls may take to finish after SIGTERM."""
+    """How long in-flight calls may take to finish once the listener closes."""
+
+    drain_seconds: float = Field(0.0, ge=0, le=600)
+    """After SIGTERM, keep answering while health says NOT_SERVING for this long, so load
+    balancers stop routing here before the listener closes."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

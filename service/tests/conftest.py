@@ -14,7 +14,13 @@ from .support import DOCS_BUNDLE, REPO, ServerProcess, running_server
 def server() -> Iterator[ServerProcess]:
     """One real server for read-only tests: the default bundle as `default`, `docs` as `docs`."""
     with running_server(
-        ["--bundle", f"default={REPO / 'policies'}", "--bundle", f"docs={DOCS_BUNDLE}", "--no-watch"]
+        [
+            "--bundle",
+            f"default={REPO / 'policies'}",
+            "--bundle",
+            f"docs={DOCS_BUNDLE}",
+            "--no-watch",
+        ]
     ) as srv:
         yield srv
 

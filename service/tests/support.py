@@ -86,10 +86,18 @@ def running_server(
                 ready.set()
         ready.set()
 
-    threading.Thread(target=pump, daemon=True).start()
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
+
+    def reap() -> None:
+        proc.wait()
+        pumper.join(timeout=5)
+        if proc.stdout:
+            proc.stdout.close()
+
     if not ready.wait(timeout) or not port:
         proc.kill()
-        proc.wait()
+        reap()
         raise AssertionError("server did not start:\n" + "\n".join(lines))
     server = ServerProcess(proc, port[0], lines)
     try:
@@ -101,4 +109,4 @@ def running_server(
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
+        reap()

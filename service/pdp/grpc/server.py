@@ -55,7 +55,10 @@ class PdpServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
-    async def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, refuse new calls and let in-flight ones finish within `grace`."""
+    async def enter_shutdown(self) -> None:
+        """Report NOT_SERVING for good; calls are still answered until `stop`."""
         await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls and let in-flight ones finish within `grace` seconds."""
         await self.server.stop(grace)

@@ -22,6 +22,8 @@ GRPC_STATUS: dict[Code, grpc.StatusCode] = {
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
+MAX_DETAILS = 2000  # status details travel in HTTP/2 trailers, which peers cap at 8-16 KiB
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
@@ -37,7 +39,10 @@ def handle_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await method(self, request, context)
         except PdpError as exc:
-            await context.abort(GRPC_STATUS[exc.code], exc.message)
+            details = exc.message
+            if len(details) > MAX_DETAILS:
+                details = details[: MAX_DETAILS - 14] + " …(truncated)"
+            await context.abort(GRPC_STATUS[exc.code], details)
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
             await context.abort(
