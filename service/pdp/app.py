@@ -85,9 +85,23 @@ class App:
 
     async def _watch(self) -> None:
         paths = self.sources.watch_paths()
+        armed = False
         async for changes in watchfiles.awatch(
-            *paths, debounce=self.settings.reload_debounce_ms, step=50, recursive=True
+            *paths,
+            debounce=self.settings.reload_debounce_ms,
+            step=50,
+            recursive=True,
+            rust_timeout=500,
+            yield_on_timeout=True,  # the first (empty) yield tells us the watcher is armed
         ):
+            if not armed:
+                armed = True
+                log.info("watching %d path(s) for bundle changes", len(paths))
+                # Catch edits made between start-up loading and arming the watcher;
+                # unchanged bundles are recognised by digest and not recompiled.
+                await self.reload()
+            if not changes:
+                continue
             changed = {Path(p) for _, p in changes}
             tenants = self.sources.tenants_for(changed)
             log.info("bundle files changed; reloading %s", sorted(tenants) if tenants else "all")

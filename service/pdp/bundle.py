@@ -47,6 +47,10 @@ class Manifest(BaseModel):
     validation: Literal["strict", "off"] = "strict"
     # Validate each request (principal/resource types, context shape) against the schema.
     validate_requests: bool = True
+    # Cedar skips a policy whose evaluation errors, so a `forbid` that errors (say, on a
+    # missing attribute) lets the permits through. "deny" fails closed instead: an errored
+    # forbid makes the decision Deny. "skip" is Cedar's own semantics, to the letter.
+    forbid_errors: Literal["deny", "skip"] = "deny"
 
 
 class _EntityShape(BaseModel):
@@ -98,6 +102,10 @@ class Bundle:
     def policy_id(self, cedar_id: str) -> str:
         src = self.policies.get(cedar_id)
         return src.policy_id if src else cedar_id
+
+    def is_forbid(self, cedar_id: str) -> bool:
+        src = self.policies.get(cedar_id)
+        return src is not None and src.effect == "forbid"
 
 
 def load_bundle(path: Path) -> Bundle:
@@ -220,12 +228,14 @@ def _validate(
     text: str, schema: Any, sources: Mapping[str, PolicySource], problems: list[BundleProblem]
 ) -> None:
     result = cedarpy.validate_policies(text, schema, release_gil=True)
+    found: dict[BundleProblem, None] = {}  # Cedar may repeat an error; report each once
     for err in result.errors:
         src = sources.get(err.policy_id)
         if src is None:
-            problems.append(BundleProblem("(policies)", err.error, None, err.policy_id or None))
+            found[BundleProblem("(policies)", err.error, None, err.policy_id or None)] = None
         else:
-            problems.append(BundleProblem(src.file, err.error, src.line, src.policy_id))
+            found[BundleProblem(src.file, err.error, src.line, src.policy_id)] = None
+    problems.extend(found)
 
 
 def _link(

@@ -145,26 +145,32 @@ def _result(bundle: Bundle, outcome: Mapping[str, Any], index: int) -> CheckResu
         # Cedar gives no decision only when the request itself is invalid.
         message = "; ".join(raw_errors) or "request rejected by Cedar"
         raise InvalidRequest(_field_of(message), message, index)
-    errors = [_policy_error(bundle, e) for e in raw_errors]
+    errored = [_errored_policy(e) for e in raw_errors]
+    reasons: list[str] = list(diagnostics.get("reason") or [])
+    decision = Decision.ALLOW if verdict == "Allow" else Decision.DENY
+    if decision is Decision.ALLOW:
+        # Fail closed: an error outside any policy, or (by default) in a forbid.
+        blocking = [
+            cedar_id
+            for cedar_id, _ in errored
+            if not cedar_id
+            or (bundle.manifest.forbid_errors == "deny" and bundle.is_forbid(cedar_id))
+        ]
+        if blocking:
+            decision, reasons = Decision.DENY, [b for b in blocking if b]
     return CheckResult(
-        decision=Decision.ALLOW if verdict == "Allow" and not _faulted(errors) else Decision.DENY,
-        determining_policies=[bundle.policy_id(p) for p in diagnostics.get("reason") or []],
-        errors=errors,
+        decision=decision,
+        determining_policies=[bundle.policy_id(p) for p in reasons],
+        errors=[PolicyError(bundle.policy_id(c) if c else "", m) for c, m in errored],
         version=bundle.version,
         decision_id=str(uuid.uuid4()),
     )
 
 
-def _faulted(errors: list[PolicyError]) -> bool:
-    # An error not tied to a policy means evaluation itself failed: fail closed.
-    return any(not e.policy_id for e in errors)
-
-
-def _policy_error(bundle: Bundle, message: str) -> PolicyError:
+def _errored_policy(message: str) -> tuple[str, str]:
+    """(Cedar policy id, message) of an evaluation error; id "" if it names no policy."""
     m = _POLICY_ERROR.match(message)
-    if m is None:
-        return PolicyError("", message)
-    return PolicyError(bundle.policy_id(m["id"]), m["msg"])
+    return ("", message) if m is None else (m["id"], m["msg"])
 
 
 def _field_of(message: str) -> str:
