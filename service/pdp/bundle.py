@@ -116,17 +116,16 @@ def compile_bundle(files: BundleFiles) -> Bundle:
     problems: list[BundleProblem] = []
     manifest = _manifest(files, problems)
     schema = _schema(files, problems)
+    # Policies that parse are still validated when others do not, so one run reports all.
     statements = _statements(files, problems)
-    if problems:  # later stages need a parseable schema and policies
-        raise BundleError(files.source, problems)
     text = "".join(s.text for _, s in statements)
     policy_set = cedarpy.PolicySet.from_str(text, release_gil=True)
     policies = _sources(text, statements, problems)
-    if manifest is not None and manifest.validation == "strict":
+    if schema is not None and (manifest is None or manifest.validation == "strict"):
         _validate(text, schema, policies, problems)
     policy_set = _link(files, policy_set, policies, problems)
-    entities = _entities(files, schema, problems)
-    if problems or manifest is None:
+    entities = _entities(files, schema, problems) if schema is not None else None
+    if problems or manifest is None or entities is None:
         raise BundleError(files.source, problems)
     version = BundleVersion(manifest.name, manifest.version, files.digest)
     return Bundle(

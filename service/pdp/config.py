@@ -107,6 +107,9 @@ def load_settings(flags: dict[str, object], config_file: Path | None = None) -> 
     if config_file is None:
         return Settings(**flags)  # type: ignore[arg-type]
 
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no such file: {config_file}")
+
     class FromFile(Settings):
         model_config = SettingsConfigDict(toml_file=config_file)
 
