@@ -30,6 +30,7 @@ from pdp.model import (
 )
 
 _POLICY_ERROR = re.compile(r"^error while evaluating policy `(?P<id>[^`]*)`: (?P<msg>.*)$", re.S)
+_REQUEST_ERROR = "failed to build request"  # how Cedar reports a request the schema refuses
 _FIELDS = ("context", "principal", "resource", "action", "entities")
 
 
@@ -142,9 +143,10 @@ def _result(bundle: Bundle, outcome: Mapping[str, Any], index: int) -> CheckResu
     raw_errors: list[str] = list(diagnostics.get("errors") or [])
     verdict = outcome.get("decision")
     if verdict not in ("Allow", "Deny"):
-        # Cedar gives no decision only when the request itself is invalid.
-        message = "; ".join(raw_errors) or "request rejected by Cedar"
-        raise InvalidRequest(_field_of(message), message, index)
+        message = "; ".join(raw_errors) or "no decision"
+        if _REQUEST_ERROR in message:
+            raise InvalidRequest(_field_of(message), message, index)
+        raw_errors, verdict = [f"evaluation failed: {message}"], "Deny"  # any other fault: Deny
     errored = [_errored_policy(e) for e in raw_errors]
     reasons: list[str] = list(diagnostics.get("reason") or [])
     decision = Decision.ALLOW if verdict == "Allow" else Decision.DENY

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -122,3 +123,14 @@ def test_the_default_bundle_loads_strictly() -> None:
         s for s in bundle.policies.values() if s.template_id is None and s.policy_id == s.cedar_id
     ]
     assert unannotated == []  # every policy and template carries an @id
+
+
+def test_an_engine_fault_is_a_deny_with_the_error_listed(docs: Bundle) -> None:
+    # A handle cedarpy cannot use makes the evaluator itself raise: the answer is still Deny.
+    broken = dataclasses.replace(
+        docs, policy_set="permit(principal, action, resource) when { 1 + };"
+    )
+    out = evaluate(broken, [req("alice"), req("bob")])
+    assert [r.decision for r in out] == [Decision.DENY, Decision.DENY]
+    assert all(r.errors and r.errors[0].message.startswith("evaluation failed:") for r in out)
+    assert all(r.errors[0].policy_id == "" for r in out)
