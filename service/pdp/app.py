@@ -104,6 +104,8 @@ class App:
                 continue
             changed = {Path(p) for _, p in changes}
             tenants = self.sources.tenants_for(changed)
+            if tenants is not None and not tenants:
+                continue  # a file beside an archive, not part of any bundle
             log.info("bundle files changed; reloading %s", sorted(tenants) if tenants else "all")
             await self.reload(tenants)
 

@@ -50,18 +50,24 @@ class BundleSources:
         return found
 
     def watch_paths(self) -> list[Path]:
-        paths = [*self._bundles.values(), *([self._dir] if self._dir else [])]
-        return [p.resolve() for p in paths]
+        # An archive is usually replaced by a rename, which a watch on the file itself
+        # would miss: watch the directory it is in.
+        paths = {p.resolve() if p.is_dir() else p.resolve().parent for p in self._bundles.values()}
+        if self._dir is not None:
+            paths.add(self._dir.resolve())
+        return sorted(paths)
 
     def tenants_for(self, changed: Iterable[Path]) -> set[str] | None:
-        """Tenants whose bundle contains a changed path; None means rescan all."""
+        """Tenants whose bundle holds a changed path; None means rescan all tenants."""
         tenants: set[str] = set()
         resolved = {t: p.resolve() for t, p in self.resolve().items()}
+        scanned = self._dir.resolve() if self._dir is not None else None
         for path in changed:
             owners = [t for t, root in resolved.items() if path == root or root in path.parents]
-            if not owners:
-                return None  # e.g. a new bundle appeared in bundles_dir
-            tenants.update(owners)
+            if owners:
+                tenants.update(owners)
+            elif scanned is not None and scanned in path.parents:
+                return None  # a bundle appeared in or vanished from bundles_dir
         return tenants
 
 

@@ -16,6 +16,7 @@ import pytest
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp._proto.v1 import value_pb2 as vpb
+from pdp.bundle_files import build_archive, read_bundle_files
 
 from .support import DOCS_BUNDLE, ServerProcess, running_server
 
@@ -171,3 +172,24 @@ def _eventually(check: object, srv: ServerProcess, timeout: float = 15) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError(f"condition not reached; server log:\n{srv.log()}")
+
+
+def test_an_archive_replaced_by_rename_is_reloaded(live_bundle: Path, tmp_path: Path) -> None:
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    target = archives / "live.tar.gz"
+    target.write_bytes(build_archive(read_bundle_files(live_bundle)))
+    with (
+        running_server(["--bundle", f"live={target}", "--reload-debounce-ms", "50"]) as srv,
+        srv.channel() as ch,
+    ):
+        srv.wait_for_log("watching")
+        stub = pb_grpc.AuthorizationServiceStub(ch)
+        assert stub.Check(REQ).policy_version.version == "1.0.0"
+        (archives / "notes.txt").write_text("unrelated")  # ignored: not a bundle
+        write_version(live_bundle, 1)
+        staging = archives / ".live.tar.gz.tmp"
+        staging.write_bytes(build_archive(read_bundle_files(live_bundle)))
+        staging.rename(target)  # how deploy tools publish a file atomically
+        wait_for_version(stub, "1.0.1")
+        assert stub.Check(REQ).decision == pb.DECISION_DENY
