@@ -1,0 +1,1 @@
+"""The policy test harness behind `pdp test` and `pdp lint` (suites, coverage, mutation, lint)."""
