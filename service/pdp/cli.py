@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("bundle", type=Path)
     build.add_argument("-o", "--output", type=Path, required=True)
     build.set_defaults(func=_build)
+
+    from pdp.policytest.cli import add_commands  # `pdp test`, `pdp lint`
+
+    add_commands(sub)
     return p
 
 
