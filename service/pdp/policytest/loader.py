@@ -65,18 +65,23 @@ class SuiteLoader:
         self.bundle = bundle
         self.entities = RequestEntitiesBuilder(bundle)
         self.policy_ids = frozenset(p.policy_id for p in bundle.policies.values())
-        self.problems: list[Problem] = []  # testdata problems, each reported once
-        self._folders: dict[Path, Fixtures] = {}
+        self._folders: dict[Path, tuple[Fixtures, list[Problem]]] = {}
 
     def load(self, file: Path, root: Path) -> tuple[Suite | None, list[Problem]]:
+        """A suite and its problems, those of the testdata/ folders it uses included."""
         fixtures = Fixtures()
+        problems: list[Problem] = []
         for folder in testdata_folders(file, root):
-            fixtures = fixtures.under(self._testdata(folder))
+            if folder not in self._folders:
+                self._folders[folder] = load_testdata(folder)
+            found, trouble = self._folders[folder]
+            fixtures = fixtures.under(found)
+            problems.extend(trouble)
         try:
             doc = load_yaml(file, shown_path(file))
         except SuiteInvalid as exc:
-            return None, exc.problems
-        problems = validate(doc)
+            return None, [*problems, *exc.problems]
+        problems.extend(validate(doc))
         if problems:
             return None, problems
         try:
@@ -84,13 +89,6 @@ class SuiteLoader:
         except ValueError as exc:  # a uid the schema admits but Cedar syntax does not
             return None, [Problem(doc.where(()), str(exc))]
         return SuiteBuilder(doc, fixtures, self.entities, self.policy_ids).build()
-
-    def _testdata(self, folder: Path) -> Fixtures:
-        if folder not in self._folders:
-            fixtures, problems = load_testdata(folder)
-            self._folders[folder] = fixtures
-            self.problems.extend(problems)
-        return self._folders[folder]
 
 
 def load_suites(paths: Sequence[Path], bundle: Bundle) -> tuple[list[Suite], list[Problem]]:
@@ -101,7 +99,7 @@ def load_suites(paths: Sequence[Path], bundle: Bundle) -> tuple[list[Suite], lis
     names: dict[str, str] = {}
     for file, root in files:
         suite, found = loader.load(file, root)
-        problems.extend(found)
+        problems.extend(p for p in found if p not in problems)  # testdata ones come once
         if suite is None:
             continue
         if suite.name in names:
@@ -113,4 +111,4 @@ def load_suites(paths: Sequence[Path], bundle: Bundle) -> tuple[list[Suite], lis
     if not files and not problems:
         where = Where(", ".join(str(p) for p in paths) or ".")
         problems.append(Problem(where, "no suite files (*_test.yaml) found"))
-    return suites, [*problems, *loader.problems]
+    return suites, problems

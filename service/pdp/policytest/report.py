@@ -96,17 +96,13 @@ def text(report: Report, verbose: bool = False) -> str:
 
 def _summary(out: list[str], report: Report) -> None:
     run = report.run
-    counts = ", ".join(
-        f"{report.count(s)} {name}"
-        for s, name in (
-            (Status.PASS, "passed"),
-            (Status.FAIL, "failed"),
-            (Status.ERROR, "errors"),
-            (Status.SKIP, "skipped"),
-        )
+    counts = (
+        f"{report.count(Status.PASS)} passed, {report.count(Status.FAIL)} failed, "
+        f"{_n(report.count(Status.ERROR), 'error')}, {report.count(Status.SKIP)} skipped"
     )
     took = f" ({run.seconds:.2f} s deciding)" if run else ""
-    out.append(f"{len(report.suites)} suites, {len(report.outcomes)} tests: {counts}{took}")
+    tests = _n(len(report.outcomes), "test")
+    out.append(f"{_n(len(report.suites), 'suite')}, {tests}: {counts}{took}")
     cov = report.coverage
     if cov is not None:
         low = " — below --min-coverage" if report.coverage_too_low else ""
@@ -142,6 +138,10 @@ def _summary(out: list[str], report: Report) -> None:
             out.append(
                 f"  {len(c.reasons)} more keep their decision with other policies determining"
             )
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _result(out: list[str], report: Report) -> str:

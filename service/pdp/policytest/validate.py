@@ -54,7 +54,7 @@ def validate(doc: Document) -> list[Problem]:
             break
         if not plainly_valid_test(item):
             problems.extend(_problems(doc, test, item, ("tests", i)))
-    return problems[:MAX_PROBLEMS]
+    return sorted(problems, key=lambda p: p.where.line or 0)[:MAX_PROBLEMS]
 
 
 def _problems(
@@ -81,9 +81,16 @@ def _located(doc: Document, error: ValidationError, prefix: tuple[str | int, ...
 
 
 def _specific(error: ValidationError) -> ValidationError:
-    """For a failed oneOf/anyOf, the alternative's error that explains most."""
+    """For a failed oneOf/anyOf, the alternative's error that explains most.
+
+    An alternative that failed inside the value (not on the value as a whole) matched
+    its shape, so its error is the one the author needs; failing that, one whose type
+    at least matched.
+    """
     while error.context:
-        error = best_match(error.context)
+        inside = [e for e in error.context if e.relative_path]
+        typed = [e for e in error.context if e.validator != "type"]
+        error = best_match(inside or typed or error.context)
     return error
 
 
