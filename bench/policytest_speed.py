@@ -11,7 +11,10 @@ must exit 0 with 10,000 tests passed, else the script fails. The bundle and suit
 generated deterministically (seeded) under --workdir; the expected decisions (and, for half
 the tests, the exact determining policies) come from one evaluation at generation time.
 Compare with the Cerbos 0.55 anchor: `cerbos compile` of 2 policies + 156 test decisions,
-/work/shared/bench/cerbos/README.md. Results: bench/RESULTS.md, section "pdp test".
+/work/shared/bench/cerbos/README.md. The anchor's own suite is also ported and timed: its
+rules as 6 Cedar policies, its 25 tests as matrices of the same 156 cells (every expected
+effect kept; `--cerbos-suite` points at its document_test.yaml). Results: bench/RESULTS.md,
+section "pdp test".
 """
 
 from __future__ import annotations
@@ -139,6 +142,95 @@ def generate(work: Path, policies: int, cases: int, files: int, seed: int) -> tu
     return bundle, suites
 
 
+CERBOS_SUITE = Path("/work/shared/bench/cerbos/policies/tests/document_test.yaml")
+CERBOS_SCHEMA = """entity User = {
+  roles: Set<String>, org?: String, department: String, clearance: Long
+};
+entity Document = {
+  org?: String, owner: User, department: String, classification: Long, public: Bool
+};
+action read, edit, share, delete appliesTo { principal: User, resource: Document };
+"""
+# The anchor's rules (its README, "Scenario" and the choices 1-6), in Cedar.
+CERBOS_POLICIES = """@id("same-org-only")
+forbid (principal, action, resource)
+unless { principal has org && resource has org && principal.org == resource.org };
+
+@id("viewer-read")
+permit (principal, action == Action::"read", resource)
+when {
+  principal.roles.contains("viewer") &&
+  (resource.public || resource.department == principal.department)
+};
+
+@id("editor-read-edit")
+permit (principal, action in [Action::"read", Action::"edit"], resource)
+when {
+  principal.roles.contains("editor") &&
+  resource.department == principal.department &&
+  principal.clearance >= resource.classification
+};
+
+@id("owner-read-edit-share")
+permit (principal, action in [Action::"read", Action::"edit", Action::"share"], resource)
+when {
+  resource.owner == principal &&
+  principal.roles.containsAny(["viewer", "editor", "admin"])
+};
+
+@id("admin-read-edit-share")
+permit (principal, action in [Action::"read", Action::"edit", Action::"share"], resource)
+when { principal.roles.contains("admin") };
+
+@id("admin-delete-cleared")
+permit (principal, action == Action::"delete", resource)
+when { principal.roles.contains("admin") && principal.clearance >= resource.classification };
+"""
+
+
+def cerbos_port(work: Path, source: Path) -> tuple[Path, Path, int]:
+    """The Cerbos anchor's policies (in Cedar) and its test suite (as a matrix suite)."""
+    import yaml
+
+    suite = yaml.safe_load(source.read_text())
+    bundle, suites = work / "cerbos-bundle", work / "cerbos-tests"
+    for d in (bundle, suites):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    (bundle / "manifest.json").write_text('{"name": "cerbos-port", "version": "1"}')
+    (bundle / "schema.cedarschema").write_text(CERBOS_SCHEMA)
+    (bundle / "document.cedar").write_text(CERBOS_POLICIES)
+    principals = {
+        name: {"uid": f'User::"{p["id"]}"', "attrs": {"roles": p["roles"], **p["attr"]}}
+        for name, p in suite["principals"].items()
+    }
+    resources = {}
+    for name, r in suite["resources"].items():
+        attrs = dict(r["attr"])
+        attrs["owner"] = {"__entity": {"type": "User", "id": attrs["owner"]}}
+        resources[name] = {"uid": f'Document::"{r["id"]}"', "attrs": attrs}
+    matrix, cells = [], 0
+    for test in suite["tests"]:
+        given = test["input"]
+        allow: list[dict[str, object]] = []
+        for exp in test["expected"]:
+            acts = [a for a, effect in exp["actions"].items() if effect == "EFFECT_ALLOW"]
+            if acts:
+                allow.append(
+                    {"principal": exp["principal"], "resource": exp["resource"], "actions": acts}
+                )
+        cells += len(given["principals"]) * len(given["resources"]) * len(given["actions"])
+        matrix.append({"name": test["name"], **given, "allow": allow})
+    doc = {
+        "name": "cerbos-anchor",
+        "principals": principals,
+        "resources": resources,
+        "matrix": matrix,
+    }
+    (suites / "document_test.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return bundle, suites, cells
+
+
 def timed(cmd: list[str], cpu: str | None) -> tuple[float, subprocess.CompletedProcess[str]]:
     full = (["taskset", "-c", cpu] if cpu else []) + cmd
     started = time.perf_counter()
@@ -178,6 +270,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--cpu", default=None, help="pin with taskset -c CPU")
     p.add_argument("--phases", action="store_true", help="also time the phases in-process")
+    p.add_argument("--cerbos-suite", type=Path, default=CERBOS_SUITE, help="the anchor's tests")
     args = p.parse_args()
     bundle, suites = generate(args.workdir, args.policies, args.cases, args.files, args.seed)
     figures: dict[str, list[float]] = {}
@@ -186,14 +279,24 @@ def main() -> int:
         f"pdp test, {args.cases} tests": [*PDP, "test", str(bundle), str(suites)],
         "pdp test, default bundle + policy_tests/": [*PDP, "test"],
     }
+    if args.cerbos_suite.is_file():
+        c_bundle, c_suites, cells = cerbos_port(args.workdir, args.cerbos_suite)
+        commands[f"pdp test, Cerbos anchor suite ({cells} decisions)"] = [
+            *PDP,
+            "test",
+            str(c_bundle),
+            str(c_suites),
+        ]
     for _ in range(args.runs):  # interleaved, so drifting load hits every command alike
         for name, cmd in commands.items():
             seconds, proc = timed(cmd, args.cpu)
             if proc.returncode != 0:
                 print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
                 raise SystemExit(f"{name}: exit {proc.returncode}")
-            if "tests" in name and f"{args.cases} tests" in name:
+            if f"{args.cases} tests" in name:
                 assert f"{args.cases} tests: {args.cases} passed" in proc.stdout, proc.stdout[-500:]
+            if "anchor" in name:
+                assert "156 tests: 156 passed" in proc.stdout, proc.stdout[-500:]
             figures.setdefault(name, []).append(seconds)
     print(f"medians of {args.runs} runs (min-max), CPU {args.cpu or 'unpinned'}:")
     for name, xs in figures.items():

@@ -3,10 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pdp.policytest.validate import _validator, plainly_valid_test, validate
+from pdp.policytest.validate import _validator, checker, conforms, suite_schema, validate
 from pdp.policytest.yamlsrc import load_yaml
 
 from .helpers import write
@@ -140,12 +141,16 @@ _items = st.fixed_dictionaries(
 
 
 @given(_items)
-def test_fast_path_accepts_only_what_the_schema_accepts(item: dict[str, Any]) -> None:
-    if plainly_valid_test(item):
-        assert list(_validator("#/$defs/test").iter_errors(item)) == []
+def test_fast_reading_agrees_with_jsonschema(item: dict[str, Any]) -> None:
+    valid = not list(_validator("#/$defs/test").iter_errors(item))
+    assert conforms(item, "test") == valid
 
 
-def test_fast_path_takes_the_usual_forms() -> None:
+def test_the_shipped_schema_is_a_valid_json_schema() -> None:
+    jsonschema.validators.validator_for(suite_schema()).check_schema(suite_schema())
+
+
+def test_fast_reading_takes_the_usual_forms() -> None:
     usual = {
         "name": "t",
         "principal": "bob",
@@ -155,6 +160,62 @@ def test_fast_path_takes_the_usual_forms() -> None:
         "entities": ["set"],
         "expect": {"decision": "deny", "determining": [], "errors": ["p"]},
     }
-    assert plainly_valid_test(usual)
-    assert plainly_valid_test({**usual, "expect": "allow"})
-    assert not plainly_valid_test({**usual, "actions": ["read"]})
+    assert conforms(usual, "test")
+    assert conforms({**usual, "expect": "allow"}, "test")
+    assert not conforms({**usual, "actions": ["read"]}, "test")
+    assert not checker({"not": {}})(usual)  # a keyword it does not know: ask jsonschema
+
+
+_uids = st.sampled_from(['User::"a"', {"type": "User", "id": "a"}, {"type": "", "id": "a"}, "a", 1])
+_entities = st.fixed_dictionaries(
+    {"uid": _uids},
+    optional={
+        "attrs": st.sampled_from([{}, {"org": {"type": "Org", "id": "x"}}, []]),
+        "parents": st.lists(_uids, max_size=2),
+        "tags": st.sampled_from([{}, "t"]),
+        "extra": st.just(True),
+    },
+)
+_matrices = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["m", ""]),
+        "principals": st.lists(_parts["principal"], max_size=2),
+        "resources": st.lists(_parts["resource"], max_size=2),
+        "actions": st.lists(_parts["action"], max_size=2),
+    },
+    optional={
+        "allow": st.lists(
+            st.fixed_dictionaries(
+                {"principal": _parts["principal"], "resource": _parts["resource"]},
+                optional={"actions": _parts["actions"]},
+            ),
+            max_size=2,
+        ),
+        "entities": _parts["entities"],
+        "context": _parts["context"],
+    },
+)
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "name": _parts["name"],
+            "principals": st.dictionaries(
+                st.sampled_from(["ann", "bad name", 3]), _uids | _entities
+            ),
+            "entity_sets": st.dictionaries(
+                st.sampled_from(["s", "t"]), st.lists(_entities, max_size=2)
+            ),
+            "now": st.sampled_from(
+                ["2026-01-01", {"value": "x", "format": "epoch"}, {"format": "x"}]
+            ),
+            "matrix": st.lists(_matrices, max_size=2),
+            "entities": _parts["entities"],
+        },
+    )
+)
+def test_fast_reading_agrees_with_jsonschema_on_whole_documents(doc: dict[str, Any]) -> None:
+    valid = not list(_validator(None).iter_errors(doc))
+    assert conforms(doc) == valid
