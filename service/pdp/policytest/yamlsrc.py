@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pdp.policytest.model import Problem, SuiteInvalid, Where
@@ -18,30 +19,62 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
     from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
 
 
+_STR = "tag:yaml.org,2002:str"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"  # kept as text: JSON (and the schema) has no dates
+_MERGE = "tag:yaml.org,2002:merge"
+
+
 class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: ScalarNode) -> None:
+    def __init__(self, key: Node) -> None:
         super().__init__(f"duplicate key {key.value!r}")
         self.node = key
 
 
 class _Loader(_SafeLoader):
-    """Safe YAML, except that timestamps stay strings (as in JSON) and duplicate keys are errors."""
-
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[str] = set()
-        for key, _ in node.value:
-            if isinstance(key, ScalarNode):
-                if key.value in seen:
-                    raise _DuplicateKey(key)
-                seen.add(key.value)
-        return super().construct_mapping(node, deep)
+    """Safe YAML; timestamps stay text (for the rare `<<:` merge PyYAML builds itself)."""
 
 
 def _timestamp_as_str(loader: _Loader, node: ScalarNode) -> str:
     return str(loader.construct_scalar(node))
 
 
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_str)
+_Loader.add_constructor(_TIMESTAMP, _timestamp_as_str)
+
+
+def _python(root: Node, loader: _Loader) -> Any:
+    """Plain data from a node tree: strings directly, other scalars by PyYAML's safe rules.
+
+    Several times faster than PyYAML's own construction, which matters for suites of
+    thousands of tests; duplicate keys are refused on the way.
+    """
+    seen: dict[int, Any] = {}  # anchors: a node reached twice gives the same object
+
+    def data(node: Node) -> Any:
+        if isinstance(node, ScalarNode):
+            if node.tag in (_STR, _TIMESTAMP):
+                return node.value
+            return loader.construct_object(node)
+        if id(node) in seen:
+            return seen[id(node)]
+        if isinstance(node, SequenceNode):
+            items: list[Any] = []
+            seen[id(node)] = items
+            items.extend(data(child) for child in node.value)
+            return items
+        if any(key.tag == _MERGE for key, _ in node.value):
+            return loader.construct_object(node, deep=True)  # `<<:` merges: rare, let PyYAML do it
+        mapping: dict[Any, Any] = {}
+        seen[id(node)] = mapping
+        for key, value in node.value:
+            k = data(key)
+            if not isinstance(k, Hashable):
+                raise ConstructorError(None, None, "found an unhashable key", key.start_mark)
+            if k in mapping:
+                raise _DuplicateKey(key)
+            mapping[k] = data(value)
+        return mapping
+
+    return data(root)
 
 
 @dataclass(frozen=True)
@@ -98,7 +131,7 @@ def load_yaml(path: Path, shown: str) -> Document:
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
+        data = _python(root, loader) if root is not None else None
     except _DuplicateKey as exc:
         where = Where(shown, exc.node.start_mark.line + 1)
         raise SuiteInvalid([Problem(where, str(exc))]) from exc
