@@ -28,7 +28,12 @@ def add_commands(sub: Any) -> None:
         "2: the bundle or a suite is invalid.",
     )
     test.add_argument("bundle", type=Path, nargs="?", help="bundle (default: the repo's policies/)")
-    test.add_argument("suites", type=Path, nargs="*", help="suite files or folders")
+    test.add_argument(
+        "suites",
+        type=Path,
+        nargs="*",
+        help="suite files or folders (default: ./policy_tests, else the one beside the bundle)",
+    )
     test.add_argument(
         "-k", dest="pattern", metavar="PATTERN", help='run tests whose "suite/name" matches'
     )

@@ -182,3 +182,17 @@ def test_json_items_report_lines() -> None:
     assert json_items('[\n  {"a": 1},\n\n  2\n]') == [(2, {"a": 1}), (4, 2)]
     with pytest.raises(ValueError):
         json_items('{"a": 1}')
+
+
+def test_a_name_defined_in_two_testdata_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "policy_tests" / "testdata" / "a.yaml", 'principals: {zed: User::"ann"}\n')
+    write(tmp_path / "policy_tests" / "testdata" / "b.yaml", 'principals: {zed: User::"ben"}\n')
+    write(tmp_path / "policy_tests" / "testdata" / "c.yaml", "tests: []\n")
+    write(tmp_path / "policy_tests" / "a_test.yaml", "tests:" + GOOD_TEST)
+    assert problems(tmp_path) == [
+        "policy_tests/testdata/b.yaml: principal 'zed' defined twice (also in policy_tests/testdata/a.yaml)",
+        "policy_tests/testdata/c.yaml:1: tests: a testdata file holds only fixtures",
+    ]
