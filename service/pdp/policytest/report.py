@@ -12,6 +12,7 @@ from pdp.policytest.harness import Report
 from pdp.policytest.model import Case, Outcome, Status
 
 _CONTEXT_CHARS = 300
+_MAX_CHANGES = 50  # change-impact lines in the text report
 _LABEL = {Status.FAIL: "FAIL ", Status.ERROR: "ERROR", Status.SKIP: "SKIP ", Status.PASS: "PASS "}
 
 
@@ -131,13 +132,20 @@ def _summary(out: list[str], report: Report) -> None:
             f"change impact against {c.other_source} ({c.other.name} {c.other.version}): "
             f"{len(c.decisions)} of {c.requests} requests change decision"
         )
-        for ch in c.decisions:
+        for ch in c.decisions[:_MAX_CHANGES]:
             why = f"[{', '.join(ch.determining_before)}] -> [{', '.join(ch.determining_after)}]"
-            out.append(f"  {ch.case.id} ({ch.case.where}): {ch.before} -> {ch.after}  {why}")
+            change = f"{_short(ch.before)} -> {_short(ch.after)}"
+            out.append(f"  {ch.case.id} ({ch.case.where}): {change}  {why}")
+        if len(c.decisions) > _MAX_CHANGES:
+            out.append(f"  ... {len(c.decisions) - _MAX_CHANGES} more (--format json lists all)")
         if c.reasons:
             out.append(
                 f"  {len(c.reasons)} more keep their decision with other policies determining"
             )
+
+
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _n(count: int, word: str) -> str:
