@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from pdp.policytest.harness import Options, Report, run_harness
 
@@ -21,5 +22,6 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def run(suites: Path, bundle: Path = TINY, **options: object) -> Report:
-    return run_harness(Options(bundle, (suites,), **options))  # type: ignore[arg-type]
+def run(suites: Path, bundle: Path = TINY, **options: Any) -> Report:
+    """`pdp test BUNDLE SUITES` in-process; options as in `Options` (pattern, mutate, ...)."""
+    return run_harness(Options(bundle, (suites,), **options))

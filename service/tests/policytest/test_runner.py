@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from pdp.bundle import Bundle, load_bundle
+from pdp.engine import evaluate as engine_evaluate
 from pdp.model import CheckInput, CheckResult
 from pdp.policytest import runner
 from pdp.policytest.loader import load_suites
@@ -128,13 +129,13 @@ def test_all_cases_go_to_the_engine_in_one_call(
         """,
     )
     calls: list[int] = []
-    real = runner.evaluate
+    real = engine_evaluate
 
     def counting(bundle: Bundle, requests: Sequence[CheckInput]) -> list[CheckResult]:
         calls.append(len(requests))
         return real(bundle, requests)
 
-    monkeypatch.setattr(runner, "evaluate", counting)
+    monkeypatch.setattr("pdp.policytest.runner.evaluate", counting)
     suites, problems = load_suites([tmp_path / "s"], tiny)
     assert problems == []
     cases = [c for s in suites for c in s.cases]
@@ -158,13 +159,13 @@ def test_an_invalid_request_is_set_aside_and_the_rest_rerun(
         """,
     )
     calls: list[int] = []
-    real = runner.evaluate
+    real = engine_evaluate
 
     def counting(bundle: Bundle, requests: Sequence[CheckInput]) -> list[CheckResult]:
         calls.append(len(requests))
         return real(bundle, requests)
 
-    monkeypatch.setattr(runner, "evaluate", counting)
+    monkeypatch.setattr("pdp.policytest.runner.evaluate", counting)
     suites, _ = load_suites([tmp_path / "s"], tiny)
     run_ = runner.run_cases(tiny, suites[0].cases)
     assert calls == [3, 2]
