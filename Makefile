@@ -31,6 +31,11 @@ proto: $(STAMP) ## regenerate service/pdp/_proto from proto/
 proto-check: $(STAMP) ## fail if service/pdp/_proto is out of date
 	$(BIN)/python scripts/gen_proto.py --check
 
+policy-test: $(STAMP) ## the default bundle's policy suites: 100% coverage, no surviving mutant, JUnit
+	mkdir -p build
+	$(BIN)/pdp lint
+	$(BIN)/pdp test --mutate --min-coverage 100 --junit build/policy-tests.xml
+
 bench: $(STAMP)
 	$(BIN)/pytest bench/ --benchmark-only
 

@@ -246,40 +246,39 @@ def _link(
     if LINKS not in files.files:
         return policy_set
     try:
-        raw = json.loads(files.text(LINKS))
-        if not isinstance(raw, list):
-            raise ValueError("must be a JSON list of links")
+        raw = json_list_lines(files.text(LINKS))
+        json.loads(files.text(LINKS))  # the whole document must be valid, not just its items
     except (ValueError, BundleError) as exc:
-        problems.append(BundleProblem(LINKS, f"invalid: {exc}"))
+        problems.append(BundleProblem(LINKS, f"invalid: must be a JSON list of links ({exc})"))
         return policy_set
     by_policy_id = {s.policy_id: s for s in sources.values() if s.is_template}
     ids = {s.policy_id for s in sources.values()}
-    for i, item in enumerate(raw):
+    for i, (line, item) in enumerate(raw):
         try:
             link = Link.model_validate(item)
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(x) for x in err["loc"])
-            problems.append(BundleProblem(LINKS, f"[{i}].{loc}: {err['msg']}"))
+            problems.append(BundleProblem(LINKS, f"[{i}].{loc}: {err['msg']}", line))
             continue
         template = by_policy_id.get(link.template_id) or sources.get(link.template_id)
         if template is None or not template.is_template:
-            problems.append(BundleProblem(LINKS, f"[{i}]: no template {link.template_id!r}"))
+            problems.append(BundleProblem(LINKS, f"[{i}]: no template {link.template_id!r}", line))
             continue
         if link.new_id in ids:
-            problems.append(BundleProblem(LINKS, f"[{i}]: id {link.new_id!r} already used"))
+            problems.append(BundleProblem(LINKS, f"[{i}]: id {link.new_id!r} already used", line))
             continue
         try:
             policy_set = policy_set.with_linked(template.cedar_id, link.new_id, link.values)
         except (ValueError, KeyError) as exc:
-            problems.append(BundleProblem(LINKS, f"[{i}]: {exc}", None, link.new_id))
+            problems.append(BundleProblem(LINKS, f"[{i}]: {exc}", line, link.new_id))
             continue
         ids.add(link.new_id)
         sources[link.new_id] = PolicySource(
             link.new_id,
             link.new_id,
             LINKS,
-            template.line,
+            line,
             template.text,
             template.effect,
             False,
@@ -298,31 +297,16 @@ def _entities(files: BundleFiles, schema: Any, problems: list[BundleProblem]) ->
 
 
 def locate_entity_errors(name: str, text: str, schema: Any, message: str) -> list[BundleProblem]:
-    """Cedar says only that *some* entity failed; find which, with its line.
-
-    Each top-level element is re-parsed on its own; decoding with `raw_decode`
-    keeps the offset where each one starts.
-    """
-    decoder = json.JSONDecoder()
+    """Cedar says only that *some* entity failed; find which, with its line and reason."""
     try:
-        starts: list[tuple[int, Any]] = []
-        i = text.index("[") + 1
-        while True:
-            while i < len(text) and text[i] in " \t\r\n,":
-                i += 1
-            if i >= len(text) or text[i] == "]":
-                break
-            value, end = decoder.raw_decode(text, i)
-            starts.append((i, value))
-            i = end
+        elements = json_list_lines(text)
     except ValueError as exc:
         return [BundleProblem(name, f"not a JSON list of entities: {exc}")]
     found: list[BundleProblem] = []
     seen: dict[str, int] = {}
-    for index, (offset, value) in enumerate(starts):
+    for index, (line, value) in enumerate(elements):
         if len(found) >= MAX_LOCATED:
             break
-        line = text.count("\n", 0, offset) + 1
         uid = value.get("uid") if isinstance(value, dict) else None
         label = json.dumps(uid) if uid is not None else f"[{index}]"
         try:
@@ -332,13 +316,54 @@ def locate_entity_errors(name: str, text: str, schema: Any, message: str) -> lis
             where = ".".join(str(x) for x in err["loc"]) or "entity"
             found.append(BundleProblem(name, f"{label}: {where}: {err['msg']}", line))
             continue
-        try:
-            cedarpy.Entities.from_json_str(json.dumps([value]), schema)
-        except ValueError as exc:
-            found.append(BundleProblem(name, f"{label}: {exc}", line))
+        reason = entity_error(json.dumps([value]), schema)
+        if reason is not None:
+            found.append(BundleProblem(name, f"{label}: {reason}", line))
             continue
         if label in seen:
             dup = f"{label}: duplicate (first at line {seen[label]})"
             found.append(BundleProblem(name, dup, line))
         seen.setdefault(label, line)
     return found or [BundleProblem(name, message)]
+
+
+def json_list_lines(text: str) -> list[tuple[int, Any]]:
+    """The elements of a JSON list with the line each starts on (`raw_decode` keeps offsets).
+
+    Raises ValueError if `text` is not a JSON list.
+    """
+    decoder = json.JSONDecoder()
+    out: list[tuple[int, Any]] = []
+    i = text.index("[") + 1 if text.lstrip().startswith("[") else -1
+    if i < 0:
+        raise ValueError("expected a JSON list")
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        if i >= len(text):
+            raise ValueError("unterminated list")
+        if text[i] == "]":
+            return out
+        value, end = decoder.raw_decode(text, i)
+        out.append((text.count("\n", 0, i) + 1, value))
+        i = end
+
+
+_PARSE_PREFIX = "failed to parse entities from:\n"
+_PROBE = {"type": "__pdp_probe", "id": ""}
+
+
+def entity_error(text: str, schema: Any) -> str | None:
+    """Cedar's full reason a Cedar JSON entity list does not parse with `schema`, or None.
+
+    `Entities.from_json_str` raises with only the outermost message ("error during entity
+    deserialization"); an authorization call reports the whole chain, so ask one that
+    fails at entity parsing (the probe request is never evaluated).
+    """
+    request = {"principal": _PROBE, "action": _PROBE, "resource": _PROBE, "context": {}}
+    result = cedarpy.is_authorized(request, "", text, schema)
+    for error in result.diagnostics.errors:
+        if error.startswith(_PARSE_PREFIX):  # else the entities parsed: only the probe failed
+            reason = error[len(_PARSE_PREFIX) :]
+            return reason[len(text) + 2 :] if reason.startswith(text + ": ") else reason
+    return None

@@ -31,7 +31,8 @@ def test_docs_bundle_loads_with_sources_and_version() -> None:
     assert by_id["read-public"].file == "rules/read.cedar" and by_id["read-public"].line == 2
     assert by_id["org-boundary"].effect == "forbid"
     assert by_id["share"].is_template
-    assert by_id["share-doc2-with-bob"].template_id == "share"
+    link = by_id["share-doc2-with-bob"]
+    assert (link.template_id, link.file, link.line) == ("share", "links.json", 1)
 
 
 def test_parse_errors_name_file_and_line_and_all_are_reported() -> None:
@@ -87,8 +88,8 @@ def test_duplicate_ids_manifest_schema_entities_links() -> None:
     assert p.startswith('entities.json:3: {"type": "User", "id": "x"}:')
     links = b'[{"template_id": "nope", "new_id": "l1", "values": {}}, {"template_id": "share", "new_id": "read-public", "values": {}}]'
     assert problems_of({"links.json": links}) == [
-        "links.json: [0]: no template 'nope'",
-        "links.json: [1]: id 'read-public' already used",
+        "links.json:1: [0]: no template 'nope'",
+        "links.json:1: [1]: id 'read-public' already used",
     ]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import cedarpy
 
-from pdp.bundle import Bundle
+from pdp.bundle import Bundle, entity_error
 from pdp.model import EntityRef, RequestEntities
 from pdp.policytest.model import Problem, SuiteInvalid, Where
 from pdp.policytest.validate import validate
@@ -26,7 +26,6 @@ from pdp.policytest.yamlsrc import Document, load_yaml, shown_path
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"', re.S)
 FIXTURE_KEYS = ("principals", "resources", "entity_sets")
-_PARSE_PREFIX = "failed to parse entities from:\n"
 
 
 def parse_uid(value: Any) -> EntityRef:
@@ -243,14 +242,9 @@ class RequestEntitiesBuilder:
 
     def _why(self, ent: Entity) -> str | None:
         """Cedar's own reason an entity does not fit the schema, or that it redefines one."""
-        text = json.dumps([ent.cedar])
-        probe = {"type": "__pdp_test_probe", "id": ""}
-        request = {"principal": probe, "action": probe, "resource": probe, "context": {}}
-        result = cedarpy.is_authorized(request, "", text, self._bundle.schema)
-        for error in result.diagnostics.errors:
-            if error.startswith(_PARSE_PREFIX):  # else the entity parsed: only the probe failed
-                reason = error[len(_PARSE_PREFIX) :]
-                return reason[len(text) + 2 :] if reason.startswith(text + ": ") else reason
+        reason = entity_error(json.dumps([ent.cedar]), self._bundle.schema)
+        if reason is not None:
+            return reason
         if ent.uid in self._base_uids():
             return "redefines an entity of the bundle (request entities may only add entities)"
         return None
