@@ -8,9 +8,10 @@ it runs start to finish on one snapshot even while a reload swaps in another.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -77,27 +78,47 @@ class Engine:
         return evaluate(self.bundle(tenant), requests)
 
 
-def evaluate(bundle: Bundle, requests: Sequence[CheckInput]) -> list[CheckResult]:
+def evaluate(
+    bundle: Bundle,
+    requests: Sequence[CheckInput],
+    *,
+    parsed: dict[RequestEntities, Any] | None = None,
+    first_index: int = 0,
+) -> list[CheckResult]:
     """Decide every request against one bundle, in order.
 
     Requests that share the same request entities share one parse of them, and
-    each such group is decided in one cedarpy call.
+    each such group is decided in one cedarpy call. A caller deciding a batch in
+    slices passes the same `parsed` cache to each slice, and the slice's position
+    as `first_index` (errors name the request by its index in the whole batch).
     """
     groups: dict[RequestEntities | None, list[int]] = {}
     for i, req in enumerate(requests):
         groups.setdefault(req.entities, []).append(i)
     results: list[CheckResult | None] = [None] * len(requests)
     schema = bundle.schema if bundle.manifest.validate_requests else None
+    cache = {} if parsed is None else parsed
+    contexts: dict[int, str] = {}  # a context shared by many requests is serialised once
     for delta, indices in groups.items():
-        entities = _entities(bundle, delta, indices[0])
-        batch = [_cedar_request(requests[i]) for i in indices]
+        if delta is None:
+            entities = bundle.entities
+        elif delta in cache:
+            entities = cache[delta]
+        else:
+            entities = cache[delta] = _entities(bundle, delta, first_index + indices[0])
+        batch = [_cedar_request(requests[i], contexts) for i in indices]
         for i, outcome in zip(indices, _authorize(batch, bundle, entities, schema), strict=True):
-            results[i] = _result(bundle, outcome, i)
+            results[i] = _result(bundle, outcome, first_index + i)
     return [r for r in results if r is not None]
 
 
-def _cedar_request(req: CheckInput) -> dict[str, Any]:
-    context = req.context if isinstance(req.context, str) else dict(req.context)
+def _cedar_request(req: CheckInput, contexts: dict[int, str]) -> dict[str, Any]:
+    context = req.context
+    if not isinstance(context, str):
+        key = id(context)
+        if key not in contexts:
+            contexts[key] = json.dumps(context, separators=(",", ":"))
+        context = contexts[key]
     return {
         "principal": req.principal.as_cedar(),
         "action": req.action.as_cedar(),
@@ -106,9 +127,7 @@ def _cedar_request(req: CheckInput) -> dict[str, Any]:
     }
 
 
-def _entities(bundle: Bundle, delta: RequestEntities | None, index: int) -> Any:
-    if delta is None:
-        return bundle.entities
+def _entities(bundle: Bundle, delta: RequestEntities, index: int) -> Any:
     try:
         if bundle.entity_count == 0:
             return cedarpy.Entities.from_json_str(delta.json, bundle.schema)
@@ -165,8 +184,18 @@ def _result(bundle: Bundle, outcome: Mapping[str, Any], index: int) -> CheckResu
         determining_policies=[bundle.policy_id(p) for p in reasons],
         errors=[PolicyError(bundle.policy_id(c) if c else "", m) for c, m in errored],
         version=bundle.version,
-        decision_id=str(uuid.uuid4()),
+        decision_id=_decision_id(),
     )
+
+
+# Decision ids: a random per-process prefix (96 bits) and a counter, unique across a
+# fleet without a uuid4 per decision (2.5 µs each, 100 µs per 40-item batch).
+_ID_PREFIX = os.urandom(12).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def _decision_id() -> str:
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):012x}"
 
 
 def _errored_policy(message: str) -> tuple[str, str]:
