@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import grpc
 import pytest
+from hypothesis import settings
 
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 
 from .support import DOCS_BUNDLE, REPO, ServerProcess, running_server
+
+# CI runs the same examples every time: a property failure there is reproducible, not luck.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

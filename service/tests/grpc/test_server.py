@@ -16,6 +16,8 @@ from pdp._proto.v1 import value_pb2 as vpb
 from ..support import DOCS_BUNDLE, running_server
 
 SERVICE = "pdp.v1.AuthorizationService"
+SLOW_ENTITIES = 1000  # per batch item: makes the batch take about a second
+BIG = ["--max-message-bytes", str(32 * 1024 * 1024)]  # room for that batch
 
 
 def health(channel: grpc.Channel, service: str = "") -> int:
@@ -42,14 +44,14 @@ def test_reflection_lists_and_describes_the_service(channel: grpc.Channel) -> No
 
 
 def _slow_batch() -> pb.CheckBatchRequest:
-    """~100 items each parsing its own 300 request entities: an RPC that takes a while."""
+    """100 items each parsing its own request entities: an RPC that takes about a second."""
     ents = [
         {
             "uid": {"type": "User", "id": f"u{i}"},
             "attrs": {"org": {"type": "Org", "id": "acme"}, "level": 1},
             "parents": [],
         }
-        for i in range(300)
+        for i in range(SLOW_ENTITIES)
     ]
     items = [
         pb.BatchItem(
@@ -67,7 +69,7 @@ def _slow_batch() -> pb.CheckBatchRequest:
 
 
 def test_sigterm_goes_not_serving_drains_and_finishes_in_flight_calls() -> None:
-    args = ["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch", "--drain-seconds", "1.5"]
+    args = ["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch", "--drain-seconds", "1.5", *BIG]
     with running_server(args) as srv, srv.channel() as ch:
         stub = srv.stub(ch)
         req = pb.CheckRequest(
@@ -92,12 +94,12 @@ def test_sigterm_goes_not_serving_drains_and_finishes_in_flight_calls() -> None:
 
 def test_in_flight_call_survives_sigterm() -> None:
     with (
-        running_server(["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch"]) as srv,
+        running_server(["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch", *BIG]) as srv,
         srv.channel() as ch,
     ):
         stub = srv.stub(ch)
         slow = stub.CheckBatch.future(_slow_batch(), timeout=30)
-        time.sleep(0.05)  # the call is in flight (it takes far longer than this)
+        time.sleep(0.3)  # the call is in flight: it takes several times longer than this
         srv.proc.send_signal(signal.SIGTERM)
         results = slow.result().results
         assert len(results) == 100 and {r.decision for r in results} == {pb.DECISION_ALLOW}
