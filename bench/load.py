@@ -100,6 +100,8 @@ def start_server(args: argparse.Namespace, work: Path, stamp: str) -> Server:
     pdp = Path(sys.executable).parent / "pdp"
     cmd = [str(pdp)] if pdp.exists() else [sys.executable, "-m", "pdp"]
     cmd += ["serve", "--listen", f"{HOST}:{args.port}", "--no-watch"]
+    if args.workers > 1:
+        cmd += ["--workers", str(args.workers)]
     if args.bundle:
         cmd += ["--bundle", str(args.bundle)]
     log_path = work / f"pdp-{stamp}.log"
@@ -110,8 +112,9 @@ def start_server(args: argparse.Namespace, work: Path, stamp: str) -> Server:
     server = Server(proc, 0, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        found = re.findall(r"listening on 127\.0\.0\.1:(\d+)", server.log_text())
         m = re.search(r"listening on 127\.0\.0\.1:(\d+)", server.log_text())
-        if m:
+        if m and len(found) >= args.workers:  # every worker is up
             server.port = int(m.group(1))
             break
         if proc.poll() is not None:
@@ -470,6 +473,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quiet-timeout", type=float, default=120)
     p.add_argument("--port", type=int, default=0, help="server port on 127.0.0.1 (0 = any free)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="pdp serve --workers N (server CPU then counts the supervisor only; use with "
+        "--server-cpu '' --loadgen-cpu '')",
+    )
     p.add_argument("--bundle", type=Path, help="bundle path (default: the repository's policies/)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/cedar-pdp-load"))
     p.add_argument("--summary", type=Path, help="only print the table of a results .jsonl")

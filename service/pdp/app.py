@@ -25,8 +25,9 @@ log = logging.getLogger("pdp")
 
 
 class App:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port  # a `--workers` sibling shares the port
         self.engine = Engine()
         self.sources = BundleSources(settings.bundles, settings.bundles_dir)
         self.reloader = Reloader(self.engine, self.sources)
@@ -59,6 +60,7 @@ class App:
             s.listen,
             max_batch_items=s.max_batch_items,
             max_message_bytes=s.max_message_bytes,
+            reuse_port=self.reuse_port,
         )
         await server.start()
         await server.set_serving(True)

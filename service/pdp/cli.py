@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from pdp import __version__
 from pdp.bundle import compile_bundle, load_bundle
 from pdp.bundle_files import build_archive, read_bundle_files
-from pdp.config import default_bundle, load_settings
+from pdp.config import LISTEN, default_bundle, load_settings
 from pdp.errors import BundleError, PdpError
 from pdp.model import DEFAULT_TENANT
 
@@ -29,6 +29,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `--workers` re-runs it
     try:
         return int(args.func(args))
     except BundleError as exc:
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--bundles-dir", type=Path, help="directory of bundles, one per tenant")
     serve.add_argument("--max-batch-items", type=int)
     serve.add_argument("--max-message-bytes", type=int)
+    serve.add_argument("--workers", type=int, help="server processes sharing the port")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--no-watch", dest="watch", action="store_const", const=False)
     serve.add_argument("--reload-debounce-ms", type=int)
     serve.add_argument("--shutdown-grace-seconds", type=float)
@@ -109,13 +112,19 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = App(settings)
+    app = App(settings, reuse_port=args.worker)
     try:
-        app.load()
+        app.load()  # with --workers, also done here first: problems are reported once
     except BundleError as exc:
         print(f"pdp: cannot start: {exc.message}", file=sys.stderr)
         return EXIT_FAIL
     try:
+        if settings.workers > 1:
+            from pdp.supervisor import run_workers
+
+            m = LISTEN.fullmatch(settings.listen)
+            assert m is not None  # validated by Settings
+            return run_workers(args.argv, m["host"], int(m["port"]), settings.workers)
         asyncio.run(app.run())
     except (OSError, RuntimeError) as exc:  # e.g. the port is taken
         print(f"pdp: cannot serve on {settings.listen}: {exc}", file=sys.stderr)
@@ -131,6 +140,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "bundles_dir",
             "max_batch_items",
             "max_message_bytes",
+            "workers",
             "watch",
             "reload_debounce_ms",
             "shutdown_grace_seconds",

@@ -23,7 +23,7 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_BATCH_ITEMS = 100
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_LISTEN = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
+LISTEN = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
 
 
 def default_bundle() -> Path:
@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024, le=256 * 1024 * 1024)
     """Largest request accepted; larger ones get RESOURCE_EXHAUSTED."""
 
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes sharing the port. cedarpy holds the GIL while deciding, so one
+    process uses one core: set this to the cores you give the PDP."""
+
     watch: bool = True
     """Reload a tenant's bundle when its files change."""
 
@@ -68,7 +72,7 @@ class Settings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, v: str) -> str:
-        m = _LISTEN.fullmatch(v)
+        m = LISTEN.fullmatch(v)
         if m is None or int(m["port"]) > 65535:
             raise ValueError("must be host:port with a port from 0 to 65535")
         return v

@@ -21,13 +21,21 @@ class PdpServer:
     """A started-on-demand grpc.aio server with its health servicer."""
 
     def __init__(
-        self, engine: Engine, listen: str, *, max_batch_items: int, max_message_bytes: int
+        self,
+        engine: Engine,
+        listen: str,
+        *,
+        max_batch_items: int,
+        max_message_bytes: int,
+        reuse_port: bool = False,
     ) -> None:
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share
+                # A server on a taken port must fail, not share it; only `--workers`
+                # siblings share one port on purpose.
+                ("grpc.so_reuseport", int(reuse_port)),
             ]
         )
         pb_grpc.add_AuthorizationServiceServicer_to_server(
