@@ -334,19 +334,27 @@ def json_list_lines(text: str) -> list[tuple[int, Any]]:
     """
     decoder = json.JSONDecoder()
     out: list[tuple[int, Any]] = []
-    i = text.index("[") + 1 if text.lstrip().startswith("[") else -1
-    if i < 0:
+    i = _skip_space(text, 0)
+    if not text.startswith("[", i):
         raise ValueError("expected a JSON list")
+    i = _skip_space(text, i + 1)
+    if text.startswith("]", i):
+        return out
     while True:
-        while i < len(text) and text[i] in " \t\r\n,":
-            i += 1
-        if i >= len(text):
-            raise ValueError("unterminated list")
-        if text[i] == "]":
-            return out
         value, end = decoder.raw_decode(text, i)
         out.append((text.count("\n", 0, i) + 1, value))
-        i = end
+        i = _skip_space(text, end)
+        if text.startswith("]", i):
+            return out
+        if not text.startswith(",", i):
+            raise ValueError(f"expected ',' or ']' at line {text.count(chr(10), 0, i) + 1}")
+        i = _skip_space(text, i + 1)
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
 
 
 _PARSE_PREFIX = "failed to parse entities from:\n"

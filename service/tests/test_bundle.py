@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pdp.bundle import compile_bundle, load_bundle
+from pdp.bundle import compile_bundle, json_list_lines, load_bundle
 from pdp.bundle_files import BundleFiles, build_archive, read_bundle_files
 from pdp.errors import BundleError
 
@@ -140,3 +140,11 @@ def test_hidden_files_are_not_part_of_a_bundle(tmp_path: Path) -> None:
     shutil.copytree(DOCS_BUNDLE, copy)
     (copy / "rules" / ".read.cedar.swp").write_bytes(b"\x00garbage")
     assert load_bundle(copy).version == load_bundle(DOCS_BUNDLE).version
+
+
+def test_json_list_lines_reports_where_each_element_starts() -> None:
+    assert json_list_lines('[\n  {"a": 1},\n\n  2\n]') == [(2, {"a": 1}), (4, 2)]
+    assert json_list_lines("  []") == []
+    for bad in ('{"a": 1}', "[1, 2", "[1 2]"):
+        with pytest.raises(ValueError):
+            json_list_lines(bad)

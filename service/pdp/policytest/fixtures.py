@@ -18,7 +18,7 @@ from typing import Any
 
 import cedarpy
 
-from pdp.bundle import Bundle, entity_error
+from pdp.bundle import Bundle, entity_error, json_list_lines
 from pdp.model import EntityRef, RequestEntities
 from pdp.policytest.model import Problem, SuiteInvalid, Where
 from pdp.policytest.validate import validate
@@ -164,7 +164,7 @@ def _json_fixtures(path: Path) -> Fixtures:
     """A Cedar JSON entity list: an entity set named after the file."""
     shown = shown_path(path)
     try:
-        items = json_items(path.read_text(encoding="utf-8"))
+        items = json_list_lines(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise SuiteInvalid([Problem(Where(shown), f"not a JSON list of entities: {exc}")]) from exc
     out: list[Entity] = []
@@ -176,26 +176,6 @@ def _json_fixtures(path: Path) -> Fixtures:
         except ValueError as exc:
             raise SuiteInvalid([Problem(Where(shown, line), str(exc))]) from exc
     return Fixtures(sets={path.stem: tuple(out)})
-
-
-def json_items(text: str) -> list[tuple[int, Any]]:
-    """The elements of a JSON list, each with the line it starts on."""
-    decoder = json.JSONDecoder()
-    i = len(text) - len(text.lstrip())
-    if not text.startswith("[", i):
-        raise ValueError("expected a JSON list")
-    i += 1
-    out: list[tuple[int, Any]] = []
-    while True:
-        while i < len(text) and text[i] in " \t\r\n,":
-            i += 1
-        if i >= len(text):
-            raise ValueError("unterminated list")
-        if text[i] == "]":
-            return out
-        value, end = decoder.raw_decode(text, i)
-        out.append((text.count("\n", 0, i) + 1, value))
-        i = end
 
 
 class RequestEntitiesBuilder:

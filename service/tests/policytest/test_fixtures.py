@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pdp.model import EntityRef
-from pdp.policytest.fixtures import json_items, parse_uid
+from pdp.policytest.fixtures import parse_uid
 
 from .helpers import run, write
 
@@ -176,12 +176,6 @@ def test_parse_uid_forms() -> None:
     assert parse_uid({"__entity": {"type": "User", "id": "x"}}) == EntityRef("User", "x")
     with pytest.raises(ValueError):
         parse_uid("User::x")
-
-
-def test_json_items_report_lines() -> None:
-    assert json_items('[\n  {"a": 1},\n\n  2\n]') == [(2, {"a": 1}), (4, 2)]
-    with pytest.raises(ValueError):
-        json_items('{"a": 1}')
 
 
 def test_a_name_defined_in_two_testdata_files(
