@@ -69,12 +69,7 @@ def context(
     if typed and text:
         raise InvalidRequest(field, "set either context or context_json, not both")
     if text:
-        try:
-            parsed = json.loads(text)
-        except ValueError as exc:
-            raise InvalidRequest(f"{field}_json", f"not valid JSON: {exc}") from exc
-        if not isinstance(parsed, dict):
-            raise InvalidRequest(f"{field}_json", "must be a JSON object (a Cedar record)")
+        _json(f"{field}_json", text, dict, "must be a JSON object (a Cedar record)")
         return text  # cedarpy parses it again with the schema; pass the text through
     if typed:
         return record(field, typed)
@@ -85,18 +80,24 @@ def entities(field: str, typed: Sequence[vpb.Entity], text: str) -> RequestEntit
     """Request entities as Cedar JSON, or None when none are given."""
     items: list[Any] = [_entity(f"{field}[{i}]", e) for i, e in enumerate(typed)]
     if text:
-        try:
-            parsed = json.loads(text)
-        except ValueError as exc:
-            raise InvalidRequest(f"{field}_json", f"not valid JSON: {exc}") from exc
-        if not isinstance(parsed, list):
-            raise InvalidRequest(f"{field}_json", "must be a JSON list of Cedar entities")
+        parsed = _json(f"{field}_json", text, list, "must be a JSON list of Cedar entities")
         if not items:
             return RequestEntities(text)
         items += parsed
     if not items:
         return None
     return RequestEntities(json.dumps(items, separators=(",", ":")))
+
+
+def _json(field: str, text: str, kind: type, shape: str) -> Any:
+    """Parse a `*_json` field, refusing it by name if it is not JSON of the given kind."""
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise InvalidRequest(field, f"not valid JSON: {exc}") from exc
+    if not isinstance(parsed, kind):
+        raise InvalidRequest(field, shape)
+    return parsed
 
 
 def _entity(field: str, e: vpb.Entity) -> dict[str, Any]:
