@@ -28,6 +28,7 @@ from pdp.bundle_files import BundleFiles, read_bundle_files
 from pdp.errors import BundleError, BundleProblem
 from pdp.model import BundleVersion
 from pdp.policy_text import Statement, split_statements
+from pdp.trust import RequestEntitiesSetting, RequestTrust, compile_trust
 
 MANIFEST = "manifest.json"
 SCHEMA_FILES = ("schema.cedarschema", "schema.cedarschema.json")
@@ -51,6 +52,12 @@ class Manifest(BaseModel):
     # missing attribute) lets the permits through. "deny" fails closed instead: an errored
     # forbid makes the decision Deny. "skip" is Cedar's own semantics, to the letter.
     forbid_errors: Literal["deny", "skip"] = "deny"
+    # Entity types whose facts only the bundle defines; default: every type with an
+    # entity in entities.json. A request may never supply one (see pdp.trust).
+    authoritative_types: tuple[str, ...] | None = None
+    # The entity types a request may supply, each with the parent types it may claim;
+    # "trusted" is Cedar's model (the caller is trusted with every entity it sends).
+    request_entities: RequestEntitiesSetting = Field(default_factory=dict)
 
 
 class _EntityShape(BaseModel):
@@ -98,6 +105,7 @@ class Bundle:
     entities: Any  # cedarpy.Entities
     entity_count: int
     policies: Mapping[str, PolicySource]  # by cedar_id, templates included
+    trust: RequestTrust  # which request entities this bundle accepts
 
     def policy_id(self, cedar_id: str) -> str:
         src = self.policies.get(cedar_id)
@@ -125,11 +133,24 @@ def compile_bundle(files: BundleFiles) -> Bundle:
         _validate(text, schema, policies, problems)
     policy_set = _link(files, policy_set, policies, problems)
     entities = _entities(files, schema, problems) if schema is not None else None
-    if problems or manifest is None or entities is None:
+    trust = None
+    if manifest is not None and entities is not None:
+        trust = compile_trust(
+            manifest.authoritative_types, manifest.request_entities, schema, entities, problems
+        )
+    if problems or manifest is None or entities is None or trust is None:
         raise BundleError(files.source, problems)
     version = BundleVersion(manifest.name, manifest.version, files.digest)
     return Bundle(
-        files.source, manifest, version, policy_set, schema, entities, len(entities), policies
+        files.source,
+        manifest,
+        version,
+        policy_set,
+        schema,
+        entities,
+        len(entities),
+        policies,
+        trust,
     )
 
 

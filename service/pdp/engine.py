@@ -29,6 +29,7 @@ from pdp.model import (
     PolicyError,
     RequestEntities,
 )
+from pdp.trust import check_request_entities
 
 _POLICY_ERROR = re.compile(r"^error while evaluating policy `(?P<id>[^`]*)`: (?P<msg>.*)$", re.S)
 _REQUEST_ERROR = "failed to build request"  # how Cedar reports a request the schema refuses
@@ -84,6 +85,7 @@ def evaluate(
     *,
     parsed: dict[RequestEntities, Any] | None = None,
     first_index: int = 0,
+    trust_request_entities: bool = False,
 ) -> list[CheckResult]:
     """Decide every request against one bundle, in order.
 
@@ -91,6 +93,10 @@ def evaluate(
     each such group is decided in one cedarpy call. A caller deciding a batch in
     slices passes the same `parsed` cache to each slice, and the slice's position
     as `first_index` (errors name the request by its index in the whole batch).
+
+    Request entities must pass the bundle's rule (`pdp.trust`). Only a caller that
+    wrote the entities on the bundle owners' behalf (the policy-test harness) passes
+    `trust_request_entities=True`; the server never does.
     """
     groups: dict[RequestEntities | None, list[int]] = {}
     for i, req in enumerate(requests):
@@ -105,7 +111,10 @@ def evaluate(
         elif delta in cache:
             entities = cache[delta]
         else:
-            entities = cache[delta] = _entities(bundle, delta, first_index + indices[0])
+            at = first_index + indices[0]
+            if not trust_request_entities:
+                check_request_entities(bundle.trust, delta, at)
+            entities = cache[delta] = _entities(bundle, delta, at)
         batch = [_cedar_request(requests[i], contexts) for i in indices]
         for i, outcome in zip(indices, _authorize(batch, bundle, entities, schema), strict=True):
             results[i] = _result(bundle, outcome, first_index + i)

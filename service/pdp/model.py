@@ -7,6 +7,7 @@ consumes, and it lets `context_json` / `entities_json` pass through untouched.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 DEFAULT_TENANT = "default"
 
 CedarJson = Any  # a value in Cedar's JSON value format
+
+# Cedar entity type names: identifiers joined by `::` (namespaces).
+TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,7 @@ class ConformanceFile:
 
     def bundle_files(self, *, strict: bool, validate_requests: bool = True) -> dict[str, bytes]:
         manifest: dict[str, Any] = {"name": self.name, "version": "1"}
+        manifest["request_entities"] = "trusted"  # Cedar's model: each test sends its entities
         if not strict:
             manifest["validation"] = "off"
         if not validate_requests:

@@ -13,10 +13,8 @@ from typing import Any
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import value_pb2 as vpb
 from pdp.errors import InvalidRequest
-from pdp.model import CheckInput, CheckResult, Decision, EntityRef, RequestEntities
+from pdp.model import TYPE_NAME, CheckInput, CheckResult, Decision, EntityRef, RequestEntities
 
-# Cedar entity type names: identifiers joined by `::` (namespaces).
-_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*")
 _EXTENSIONS = {"ipaddr": "ip", "decimal": "decimal", "datetime": "datetime", "duration": "duration"}
 _MAX_DEPTH = 32  # nesting of sets/records; deeper values are refused, not recursed into
 _DECISIONS = {Decision.ALLOW: pb.DECISION_ALLOW, Decision.DENY: pb.DECISION_DENY}
@@ -25,7 +23,7 @@ _DECISIONS = {Decision.ALLOW: pb.DECISION_ALLOW, Decision.DENY: pb.DECISION_DENY
 def entity_ref(field: str, uid: vpb.EntityUid) -> EntityRef:
     if not uid.type:
         raise InvalidRequest(f"{field}.type", "must not be empty")
-    if not _TYPE_NAME.fullmatch(uid.type):
+    if not TYPE_NAME.fullmatch(uid.type):
         raise InvalidRequest(f"{field}.type", f"{uid.type!r} is not a Cedar entity type name")
     return EntityRef(uid.type, uid.id)
 
@@ -160,7 +158,8 @@ def batch_error_field(req: pb.CheckBatchRequest, exc: InvalidRequest) -> Invalid
         "context": bool(item.context or item.context_json),
         "entities": bool(item.entities or item.entities_json),
     }
-    if own.get(exc.field, True):
+    root = re.split(r"[.\[]", exc.field, maxsplit=1)[0]  # entities[0].parents[1] -> entities
+    if own.get(root, True):
         return exc.within(f"items[{exc.index}]")
     return exc
 

@@ -131,9 +131,9 @@ def test_all_cases_go_to_the_engine_in_one_call(
     calls: list[int] = []
     real = engine_evaluate
 
-    def counting(bundle: Bundle, requests: Sequence[CheckInput]) -> list[CheckResult]:
+    def counting(bundle: Bundle, requests: Sequence[CheckInput], **kw: bool) -> list[CheckResult]:
         calls.append(len(requests))
-        return real(bundle, requests)
+        return real(bundle, requests, **kw)
 
     monkeypatch.setattr("pdp.policytest.runner.evaluate", counting)
     suites, problems = load_suites([tmp_path / "s"], tiny)
@@ -161,9 +161,9 @@ def test_an_invalid_request_is_set_aside_and_the_rest_rerun(
     calls: list[int] = []
     real = engine_evaluate
 
-    def counting(bundle: Bundle, requests: Sequence[CheckInput]) -> list[CheckResult]:
+    def counting(bundle: Bundle, requests: Sequence[CheckInput], **kw: bool) -> list[CheckResult]:
         calls.append(len(requests))
-        return real(bundle, requests)
+        return real(bundle, requests, **kw)
 
     monkeypatch.setattr("pdp.policytest.runner.evaluate", counting)
     suites, _ = load_suites([tmp_path / "s"], tiny)

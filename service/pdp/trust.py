@@ -1,0 +1,258 @@
+"""What a request may tell the PDP: which request entities a bundle accepts.
+
+Request entities are facts the caller asserts for one decision. A fact about an
+entity the bundle owns (a role, a membership, an approver) would let the caller
+fabricate authority: a made-up `User::"sock"` in `Role::"billing-admin"` approves
+its own refund. So, unless the manifest says `"request_entities": "trusted"`
+(Cedar's own model), every request entity must be
+
+    a. of a type the manifest declares in `request_entities`,
+    b. not of an authoritative type (facts only the bundle defines),
+    c. with parents only of the types its declaration allows,
+    d. not a base entity, nor an entity the base names (as a parent or in an
+       attribute) without defining it: defining one would graft facts onto the
+       base graph (alice in `Group::"team"`, the request's `Group::"team"` in admins).
+
+`compile_trust` checks the manifest against the schema once per bundle and
+precomputes the base's uids; `check_request_entities` then costs O(request).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import cedarpy
+from pydantic import BaseModel, ConfigDict
+
+from pdp.errors import BundleProblem, InvalidRequest
+from pdp.model import TYPE_NAME, EntityRef, RequestEntities
+
+MANIFEST = "manifest.json"
+_UID_SHAPE = 'an entity uid {"type", "id"} or {"__entity": {"type", "id"}}'
+
+Uid = tuple[str, str]
+
+
+class RequestEntityRule(BaseModel):
+    """What a request may say about an entity of one type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    parents: tuple[str, ...] = ()
+
+
+RequestEntitiesSetting = Literal["trusted"] | dict[str, RequestEntityRule]
+
+
+@dataclass(frozen=True)
+class RequestTrust:
+    """A bundle's rule for request entities, precomputed. The default refuses them all."""
+
+    trusted: bool = False
+    allowed: Mapping[str, frozenset[str]] = field(default_factory=dict)  # type -> parent types
+    authoritative: frozenset[str] = frozenset()
+    defined: frozenset[Uid] = frozenset()  # uids the base entities define
+    named: frozenset[Uid] = frozenset()  # uids they name (parent, attribute) but do not define
+
+
+def compile_trust(
+    authoritative_types: tuple[str, ...] | None,
+    request_entities: RequestEntitiesSetting,
+    schema: Any,
+    base: Any,
+    problems: list[BundleProblem],
+) -> RequestTrust:
+    """The bundle's rule; each manifest problem is appended to `problems`, naming its key."""
+    if request_entities == "trusted":
+        if authoritative_types is not None:
+            problems.append(
+                BundleProblem(
+                    MANIFEST,
+                    'authoritative_types: has no effect with "request_entities": "trusted" '
+                    "(the caller is trusted with every entity it sends)",
+                )
+            )
+        return RequestTrust(trusted=True)
+    defined, named, base_types = _base_uids(base)
+    for i, t in enumerate(authoritative_types or ()):
+        if not _declared(t, schema):
+            problems.append(BundleProblem(MANIFEST, f"authoritative_types[{i}]: {_undeclared(t)}"))
+    authoritative = (
+        frozenset(base_types) if authoritative_types is None else frozenset(authoritative_types)
+    )
+    for t, rule in request_entities.items():
+        key = f"request_entities.{t}"
+        if not _declared(t, schema):
+            problems.append(BundleProblem(MANIFEST, f"{key}: {_undeclared(t)}"))
+            continue
+        if t in authoritative:
+            why = (
+                "is also listed in authoritative_types"
+                if authoritative_types is not None
+                else "has entities in entities.json, so it is authoritative by default "
+                "(list authoritative_types to let requests supply it)"
+            )
+            problems.append(
+                BundleProblem(MANIFEST, f"{key}: type {t} {why}; a request may never supply it")
+            )
+        for i, p in enumerate(rule.parents):
+            if not _declared(p, schema):
+                problems.append(BundleProblem(MANIFEST, f"{key}.parents[{i}]: {_undeclared(p)}"))
+            elif not _may_be_parent(t, p, schema):
+                problems.append(
+                    BundleProblem(
+                        MANIFEST,
+                        f"{key}.parents[{i}]: the schema does not allow {p} as a parent of {t}",
+                    )
+                )
+    allowed = {t: frozenset(rule.parents) for t, rule in request_entities.items()}
+    return RequestTrust(False, allowed, authoritative, frozenset(defined), frozenset(named))
+
+
+def check_request_entities(trust: RequestTrust, delta: RequestEntities, index: int) -> None:
+    """Raise InvalidRequest (naming `entities[i]...`) unless the bundle accepts every entity."""
+    if trust.trusted:
+        return
+    try:
+        items = json.loads(delta.json, object_pairs_hook=_unique_keys)
+    except ValueError as exc:
+        raise InvalidRequest("entities", f"not valid JSON: {exc}", index) from exc
+    if not isinstance(items, list):
+        raise InvalidRequest("entities", "must be a JSON list of Cedar entities", index)
+    for i, item in enumerate(items):
+        at = f"entities[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(at, "must be a JSON object (a Cedar entity)", index)
+        uid = _uid(f"{at}.uid", item.get("uid"), index)
+        _check_entity(trust, at, uid, index)
+        parents = item.get("parents", [])
+        if not isinstance(parents, list):
+            raise InvalidRequest(f"{at}.parents", "must be a list of entity uids", index)
+        allowed = trust.allowed[uid.type]
+        for j, raw in enumerate(parents):
+            parent = _uid(f"{at}.parents[{j}]", raw, index)
+            if parent.type not in allowed:
+                may = ", ".join(sorted(allowed)) or "none"
+                raise InvalidRequest(
+                    f"{at}.parents[{j}]",
+                    f"{parent}: type {parent.type} may not be a parent of a request entity of "
+                    f"type {uid.type} (request_entities.{uid.type}.parents allows: {may})",
+                    index,
+                )
+
+
+def _check_entity(trust: RequestTrust, at: str, uid: EntityRef, index: int) -> None:
+    """Rules a, b and d for one entity's uid."""
+    if uid.type in trust.authoritative:
+        why = "the bundle owns it: authoritative_types"
+    elif uid.type not in trust.allowed:
+        why = "the bundle does not declare it in request_entities"
+    else:
+        key = (uid.type, uid.id)
+        if key in trust.defined:
+            raise InvalidRequest(
+                at, f"{uid}: is a base entity (request entities may not redefine it)", index
+            )
+        if key in trust.named:
+            raise InvalidRequest(
+                at,
+                f"{uid}: is named by the bundle's base entities without being defined "
+                "there (a request may not define it)",
+                index,
+            )
+        return
+    raise InvalidRequest(
+        at, f"{uid}: type {uid.type} may not be supplied by a request ({why})", index
+    )
+
+
+def _uid(at: str, raw: Any, index: int) -> EntityRef:
+    """An entity uid in either of Cedar's JSON forms; anything else is refused (fail closed)."""
+    if isinstance(raw, dict) and set(raw) == {"__entity"}:
+        raw = raw["__entity"]
+    if (
+        isinstance(raw, dict)
+        and set(raw) == {"type", "id"}
+        and isinstance(raw["type"], str)
+        and isinstance(raw["id"], str)
+    ):
+        return EntityRef(raw["type"], raw["id"])
+    raise InvalidRequest(at, f"must be {_UID_SHAPE}", index)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated key may be read one way here and another way by Cedar: refuse it.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _base_uids(base: Any) -> tuple[set[Uid], set[Uid], set[str]]:
+    """(defined, named but not defined, types with an entity), from Cedar's rendering."""
+    defined: set[Uid] = set()
+    mentioned: set[Uid] = set()
+    types: set[str] = set()
+    for entity in json.loads(str(base)):
+        uid = entity["uid"]
+        defined.add((uid["type"], uid["id"]))
+        types.add(uid["type"])
+        for p in entity.get("parents", []):
+            mentioned.add((p["type"], p["id"]))
+        for v in (entity.get("attrs", {}), entity.get("tags", {})):
+            mentioned.update(_entity_refs(v))
+    return defined, mentioned - defined, types
+
+
+def _entity_refs(value: Any) -> Iterator[Uid]:
+    """Every `{"__entity": ...}` in a Cedar JSON value (Cedar writes references escaped).
+
+    A record that merely looks like a reference counts too: a spurious name only
+    refuses more.
+    """
+    if isinstance(value, dict):
+        ref = value.get("__entity")
+        if isinstance(ref, dict) and isinstance(ref.get("type"), str):
+            yield (ref["type"], str(ref.get("id")))
+        for v in value.values():
+            yield from _entity_refs(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _entity_refs(v)
+
+
+def _undeclared(t: str) -> str:
+    return f"entity type {t!r} is not declared in the schema"
+
+
+def _probe(schema: Any, condition: str) -> bool:
+    """Does `permit(...) when { condition }` validate against the schema?"""
+    policy = f"permit(principal, action, resource) when {{ {condition} }};"
+    try:
+        return bool(cedarpy.validate_policies(policy, schema).validation_passed)
+    except ValueError:
+        return False
+
+
+def _declared(t: str, schema: Any) -> bool:
+    """Cedar's validator knows `t` as an entity type (an action type is not one)."""
+    # `t` goes into policy text: only a plain Cedar name may get there.
+    return bool(TYPE_NAME.fullmatch(t)) and _probe(schema, f'{t}::"a" == {t}::"a"')
+
+
+def _may_be_parent(t: str, p: str, schema: Any) -> bool:
+    """May an entity of type `t` be in one of type `p`, by the schema?
+
+    Cedar types `T::"a" in P::"b"` as False when it is impossible and does not
+    type-check the right of a False `&&`, so the ill-typed `1 + "x"` is reported
+    exactly when the schema allows it. The validator cannot tell for t == p (an
+    entity is in itself), nor a direct parent from an ancestor; for those the
+    answer is yes, and Cedar's schema check of each request entity still refuses
+    a parent the schema does not allow.
+    """
+    return t == p or not _probe(schema, f'{t}::"a" in {p}::"b" && (1 + "x" == 2)')
