@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import cedarpy
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pdp.bundle_files import BundleFiles, read_bundle_files
 from pdp.errors import BundleError, BundleProblem
 from pdp.model import BundleVersion
 from pdp.policy_text import Statement, split_statements
-from pdp.trust import RequestEntitiesSetting, RequestTrust, compile_trust
+from pdp.trust import RequestEntityRule, RequestTrust, compile_trust
 
 MANIFEST = "manifest.json"
 SCHEMA_FILES = ("schema.cedarschema", "schema.cedarschema.json")
@@ -56,8 +56,20 @@ class Manifest(BaseModel):
     # entity in entities.json. A request may never supply one (see pdp.trust).
     authoritative_types: tuple[str, ...] | None = None
     # The entity types a request may supply, each with the parent types it may claim;
-    # "trusted" is Cedar's model (the caller is trusted with every entity it sends).
-    request_entities: RequestEntitiesSetting = Field(default_factory=dict)
+    # "trusted" is Cedar's model (the caller is trusted with every entity it sends), held
+    # as None: a union type would name its members in every error's location.
+    request_entities: dict[str, RequestEntityRule] | None = Field(default_factory=dict)
+
+    @field_validator("request_entities", mode="before")
+    @classmethod
+    def _trusted(cls, value: Any) -> Any:
+        if value == "trusted":
+            return None
+        if value is None or isinstance(value, str):  # never read `null` as "trusted"
+            raise ValueError(
+                'must be "trusted" or an object mapping entity types to {"parents": [...]}'
+            )
+        return value
 
 
 class _EntityShape(BaseModel):

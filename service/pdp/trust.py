@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import cedarpy
 from pydantic import BaseModel, ConfigDict
@@ -44,9 +44,6 @@ class RequestEntityRule(BaseModel):
     parents: tuple[str, ...] = ()
 
 
-RequestEntitiesSetting = Literal["trusted"] | dict[str, RequestEntityRule]
-
-
 @dataclass(frozen=True)
 class RequestTrust:
     """A bundle's rule for request entities, precomputed. The default refuses them all."""
@@ -60,13 +57,16 @@ class RequestTrust:
 
 def compile_trust(
     authoritative_types: tuple[str, ...] | None,
-    request_entities: RequestEntitiesSetting,
+    request_entities: Mapping[str, RequestEntityRule] | None,
     schema: Any,
     base: Any,
     problems: list[BundleProblem],
 ) -> RequestTrust:
-    """The bundle's rule; each manifest problem is appended to `problems`, naming its key."""
-    if request_entities == "trusted":
+    """The bundle's rule; each manifest problem is appended to `problems`, naming its key.
+
+    `request_entities` None is the manifest's "trusted".
+    """
+    if request_entities is None:
         if authoritative_types is not None:
             problems.append(
                 BundleProblem(
