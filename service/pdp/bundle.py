@@ -2,7 +2,8 @@
 
 Layout of a bundle (a directory or a .tar.gz of one):
 
-    manifest.json            {"name", "version", optional "validation", "validate_requests"}
+    manifest.json            {"name", "version", optional "validation", "validate_requests",
+                             "forbid_errors", "authoritative_types", "request_entities"}
     schema.cedarschema       or schema.cedarschema.json (Cedar's JSON schema format)
     **/*.cedar               policies and templates, any depth, read in sorted path order
     entities.json            optional base entities (Cedar JSON, parsed with the schema)

@@ -8,6 +8,8 @@ the wrong reason (a typo in the request, a policy that denies anyway).
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,6 +19,7 @@ from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp._proto.v1 import value_pb2 as vpb
 
+from ..support import pdp_command
 from .trust_support import ALLOW, check, entity, person, ref, stub
 
 __all__ = ["stub"]  # the module's server fixture
@@ -162,3 +165,20 @@ def test_trusted_keeps_cedars_behaviour(stub: pb_grpc.AuthorizationServiceStub) 
     dave = person("dave", ref("Role", "billing-admin"), ref("Role", "org-admin"))
     request = check(("User", "dave"), "read", ("Invoice", "inv-1001"), None, [dave], "trusted")
     assert "redefine" in refusal(stub, request)
+
+
+def test_pdp_check_in_process_applies_the_servers_rule(tmp_path: Path) -> None:
+    sock = tmp_path / "sock.json"
+    sock.write_text(json.dumps([person("sock", ref("Role", "billing-admin"))]))
+
+    def pdp_check(approver: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        context = {"amount_cents": 150000, "approver": {"__entity": ref("User", approver)}}
+        args = ["--principal", 'User::"dave"', "--action", 'Action::"refund"']
+        args += ["--resource", 'Invoice::"inv-1001"', "--context", json.dumps(context)]
+        command = [*pdp_command(), "check", *args, *extra]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    assert pdp_check("erin").returncode == 0  # ALLOW
+    refused = pdp_check("sock", "--entities", f"@{sock}")
+    assert refused.returncode == 2, refused.stdout
+    assert f'entities[0]: User::"sock": type User {OWNED}' in refused.stderr
