@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import cedarpy
 from pydantic import BaseModel, ConfigDict
@@ -53,6 +53,7 @@ class RequestTrust:
     authoritative: frozenset[str] = frozenset()
     defined: frozenset[Uid] = frozenset()  # uids the base entities define
     named: frozenset[Uid] = frozenset()  # uids they name (parent, attribute) but do not define
+    known: frozenset[Uid] = frozenset()  # defined | named: one lookup per request entity
 
 
 def compile_trust(
@@ -109,88 +110,85 @@ def compile_trust(
                     )
                 )
     allowed = {t: frozenset(rule.parents) for t, rule in request_entities.items()}
-    return RequestTrust(False, allowed, authoritative, frozenset(defined), frozenset(named))
+    return RequestTrust(
+        False,
+        allowed,
+        authoritative,
+        frozenset(defined),
+        frozenset(named),
+        frozenset(defined | named),
+    )
 
 
 def check_request_entities(trust: RequestTrust, delta: RequestEntities, index: int) -> None:
     """Raise InvalidRequest (naming `entities[i]...`) unless the bundle accepts every entity."""
     if trust.trusted:
         return
+    # A repeated key ({"uid": A, "uid": B}) reads as B here; Cedar refuses every repeated
+    # field of an entity, uid or parent, so a request cannot pass this check as B and be
+    # evaluated as A (test_trust: test_a_repeated_key_cannot_smuggle_an_entity).
     try:
-        items = json.loads(delta.json, object_pairs_hook=_unique_keys)
+        items = json.loads(delta.json)
     except ValueError as exc:
         raise InvalidRequest("entities", f"not valid JSON: {exc}", index) from exc
     if not isinstance(items, list):
         raise InvalidRequest("entities", "must be a JSON list of Cedar entities", index)
     for i, item in enumerate(items):
-        at = f"entities[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(at, "must be a JSON object (a Cedar entity)", index)
-        uid = _uid(f"{at}.uid", item.get("uid"), index)
-        _check_entity(trust, at, uid, index)
+        # The hot loop: plain tuples, and field names formatted only for an error.
+        if type(item) is not dict:
+            raise InvalidRequest(f"entities[{i}]", "must be a JSON object (a Cedar entity)", index)
+        uid = _uid(item.get("uid")) or _bad_uid(f"entities[{i}].uid", index)
+        t = uid[0]
+        if t in trust.authoritative or t not in trust.allowed or uid in trust.known:
+            _refuse_entity(trust, f"entities[{i}]", uid, index)
         parents = item.get("parents", [])
-        if not isinstance(parents, list):
-            raise InvalidRequest(f"{at}.parents", "must be a list of entity uids", index)
-        allowed = trust.allowed[uid.type]
+        if type(parents) is not list:
+            raise InvalidRequest(f"entities[{i}].parents", "must be a list of entity uids", index)
+        allowed = trust.allowed[t]
         for j, raw in enumerate(parents):
-            parent = _uid(f"{at}.parents[{j}]", raw, index)
-            if parent.type not in allowed:
+            parent = _uid(raw) or _bad_uid(f"entities[{i}].parents[{j}]", index)
+            if parent[0] not in allowed:
                 may = ", ".join(sorted(allowed)) or "none"
                 raise InvalidRequest(
-                    f"{at}.parents[{j}]",
-                    f"{parent}: type {parent.type} may not be a parent of a request entity of "
-                    f"type {uid.type} (request_entities.{uid.type}.parents allows: {may})",
+                    f"entities[{i}].parents[{j}]",
+                    f"{_show(parent)}: type {parent[0]} may not be a parent of a request entity "
+                    f"of type {uid[0]} (request_entities.{uid[0]}.parents allows: {may})",
                     index,
                 )
 
 
-def _check_entity(trust: RequestTrust, at: str, uid: EntityRef, index: int) -> None:
-    """Rules a, b and d for one entity's uid."""
-    if uid.type in trust.authoritative:
-        why = "the bundle owns it: authoritative_types"
-    elif uid.type not in trust.allowed:
-        why = "the bundle does not declare it in request_entities"
+def _refuse_entity(trust: RequestTrust, at: str, uid: Uid, index: int) -> NoReturn:
+    """Which of rules a, b and d the entity `uid` breaks."""
+    if uid[0] in trust.authoritative:
+        why = f"type {uid[0]} may not be supplied by a request (the bundle owns it: "
+        why += "authoritative_types)"
+    elif uid[0] not in trust.allowed:
+        why = f"type {uid[0]} may not be supplied by a request (the bundle does not declare "
+        why += "it in request_entities)"
+    elif uid in trust.defined:
+        why = "is a base entity (request entities may not redefine it)"
     else:
-        key = (uid.type, uid.id)
-        if key in trust.defined:
-            raise InvalidRequest(
-                at, f"{uid}: is a base entity (request entities may not redefine it)", index
-            )
-        if key in trust.named:
-            raise InvalidRequest(
-                at,
-                f"{uid}: is named by the bundle's base entities without being defined "
-                "there (a request may not define it)",
-                index,
-            )
-        return
-    raise InvalidRequest(
-        at, f"{uid}: type {uid.type} may not be supplied by a request ({why})", index
-    )
+        why = "is named by the bundle's base entities without being defined there (a "
+        why += "request may not define it)"
+    raise InvalidRequest(at, f"{_show(uid)}: {why}", index)
 
 
-def _uid(at: str, raw: Any, index: int) -> EntityRef:
-    """An entity uid in either of Cedar's JSON forms; anything else is refused (fail closed)."""
-    if isinstance(raw, dict) and set(raw) == {"__entity"}:
-        raw = raw["__entity"]
-    if (
-        isinstance(raw, dict)
-        and set(raw) == {"type", "id"}
-        and isinstance(raw["type"], str)
-        and isinstance(raw["id"], str)
-    ):
-        return EntityRef(raw["type"], raw["id"])
+def _uid(raw: Any) -> Uid | None:
+    """An entity uid in either of Cedar's JSON forms, else None (then refused: fail closed)."""
+    if type(raw) is dict and len(raw) == 1:
+        raw = raw.get("__entity")
+    if type(raw) is not dict or len(raw) != 2:
+        return None
+    t, i = raw.get("type"), raw.get("id")
+    return (t, i) if type(t) is str and type(i) is str else None
+
+
+def _bad_uid(at: str, index: int) -> NoReturn:
     raise InvalidRequest(at, f"must be {_UID_SHAPE}", index)
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # A repeated key may be read one way here and another way by Cedar: refuse it.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
+def _show(uid: Uid) -> str:
+    return str(EntityRef(*uid))
 
 
 def _base_uids(base: Any) -> tuple[set[Uid], set[Uid], set[str]]:

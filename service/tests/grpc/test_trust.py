@@ -182,3 +182,13 @@ def test_pdp_check_in_process_applies_the_servers_rule(tmp_path: Path) -> None:
     refused = pdp_check("sock", "--entities", f"@{sock}")
     assert refused.returncode == 2, refused.stdout
     assert f'entities[0]: User::"sock": type User {OWNED}' in refused.stderr
+
+
+def test_a_repeated_key_cannot_smuggle_an_entity(stub: pb_grpc.AuthorizationServiceStub) -> None:
+    # This check reads the last "uid", Cedar refuses the repetition: refused either way.
+    fresh, alice = json.dumps(ref("Group", "fresh")), json.dumps(ref("User", "alice"))
+    for first, last in ((alice, fresh), (fresh, alice)):
+        smuggled = f'[{{"uid": {first}, "uid": {last}, "attrs": {{}}, "parents": []}}]'
+        request = check(("User", "alice"), "view", ("Doc", "d1"), None, None, "open")
+        request.entities_json = smuggled
+        refusal(stub, request)
