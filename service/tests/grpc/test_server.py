@@ -17,7 +17,8 @@ from ..support import DOCS_BUNDLE, running_server
 
 SERVICE = "pdp.v1.AuthorizationService"
 SLOW_ENTITIES = 1000  # per batch item: makes the batch take about a second
-BIG = ["--max-message-bytes", str(32 * 1024 * 1024)]  # room for that batch
+# Room for that batch: its message and its entities per item.
+BIG = ["--max-message-bytes", str(32 * 1024 * 1024), "--max-request-entities", "2000"]
 
 
 def health(channel: grpc.Channel, service: str = "") -> int:
