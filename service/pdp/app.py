@@ -61,12 +61,7 @@ class App:
             s.listen,
             max_batch_items=s.max_batch_items,
             max_message_bytes=s.max_message_bytes,
-            limits=Limits(
-                max_request_entities=s.max_request_entities,
-                max_context_bytes=s.max_context_bytes,
-                max_batch_context_bytes=s.max_batch_context_bytes,
-                max_context_depth=s.max_context_depth,
-            ),
+            limits=Limits.of(s),
             max_concurrent_streams=s.max_concurrent_streams,
             max_concurrent_rpcs=s.max_concurrent_rpcs,
             reuse_port=self.reuse_port,

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import value_pb2 as vpb
+from pdp.config import Settings
 from pdp.errors import InvalidRequest
 from pdp.grpc import strict_json
 from pdp.model import CheckInput, CheckResult, Decision, EntityRef, RequestEntities
@@ -66,15 +67,19 @@ def record(field: str, fields: Mapping[str, vpb.Value], depth: int = 0) -> dict[
 
 @dataclass(frozen=True)
 class Limits:
-    """Content caps of one request (`pdp.config.Settings` holds the configured values)."""
+    """Content caps of one request: the `Settings` of the same names."""
 
-    max_request_entities: int = 1000
-    max_context_bytes: int = 256 * 1024
-    max_batch_context_bytes: int = 1024 * 1024
-    max_context_depth: int = 32
+    max_request_entities: int
+    max_context_bytes: int
+    max_batch_context_bytes: int
+    max_context_depth: int
+
+    @staticmethod
+    def of(settings: Settings) -> Limits:
+        return Limits(**{f.name: getattr(settings, f.name) for f in fields(Limits)})
 
 
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS = Limits(**{f.name: Settings.model_fields[f.name].default for f in fields(Limits)})
 # A JSON entity list nests the context-like attrs three levels down (list, entity, attrs).
 _ENTITY_NESTING = 3
 

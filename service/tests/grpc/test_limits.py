@@ -7,6 +7,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import cedarpy
@@ -208,7 +209,7 @@ def test_a_refused_entity_list_costs_log_n_cedar_calls(
     monkeypatch: pytest.MonkeyPatch, bad_at: int
 ) -> None:
     engine = Engine(Snapshot.of({"docs": load_bundle(DOCS_BUNDLE)}))
-    limits = convert.Limits(max_request_entities=N)
+    limits = replace(convert.DEFAULT_LIMITS, max_request_entities=N)
 
     def request(bad: int | None) -> pb.CheckRequest:
         ents = [user(i, "high" if i == bad else 1) for i in range(N)]
@@ -237,19 +238,22 @@ def test_a_repeated_uid_is_located_with_few_cedar_calls(monkeypatch: pytest.Monk
     counts = CedarCalls(monkeypatch)
     req = check(entities_json=json.dumps(ents, indent=1))
     with pytest.raises(InvalidRequest) as err:
-        engine.check("docs", convert.check_input(req, convert.Limits(max_request_entities=N)))
+        engine.check(
+            "docs",
+            convert.check_input(req, replace(convert.DEFAULT_LIMITS, max_request_entities=N)),
+        )
     assert '"u7"' in err.value.reason and "duplicate" in err.value.reason
     assert counts.calls <= 2 * math.ceil(math.log2(N)) + 2, counts.calls
 
 
 def test_a_batch_over_its_context_cap_costs_no_cedar_call(monkeypatch: pytest.MonkeyPatch) -> None:
     engine = Engine(Snapshot.of({"docs": load_bundle(DOCS_BUNDLE)}))
-    big = json.dumps({"tags": [f"t{i:06d}" for i in range(20_000)]})  # 200 KB, under the item cap
+    big = json.dumps({"tags": [f"t{i:06d}" for i in range(5_000)]})  # 55 KB, under the item cap
     batch = pb.CheckBatchRequest(tenant="docs", principal=ALICE, context_json=big)
     for _ in range(100):
         batch.items.add(action=READ, resource=DOC1)
     counts = CedarCalls(monkeypatch)
     with pytest.raises(InvalidRequest) as err:
         engine.check_batch("docs", convert.batch_inputs(batch))
-    assert err.value.field == "items" and "over the limit of 1048576" in err.value.reason
-    assert counts.calls == 0  # before: one cedarpy call parsing the 200 KB context 100 times
+    assert err.value.field == "items" and f"over the limit of {512 * 1024}" in err.value.reason
+    assert counts.calls == 0  # before: one cedarpy call parsing the 55 KB context 100 times
