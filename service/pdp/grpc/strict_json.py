@@ -28,8 +28,10 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def loads(field: str, text: str, max_depth: int) -> Any:
-    """`text` parsed, or InvalidRequest naming `field` (and the path inside it)."""
+def loads(field: str, text: str, max_depth: int | None) -> Any:
+    """`text` parsed, or InvalidRequest naming `field` (and the path inside it). With a
+    `max_depth`, deeper documents are refused; without, only those past the parser's own
+    limit (~1000 levels)."""
     try:
         value = json.loads(text, object_pairs_hook=_unique)
     except _Repeated:
@@ -39,26 +41,33 @@ def loads(field: str, text: str, max_depth: int) -> Any:
     except RecursionError:
         # The C parser gives up near the interpreter's recursion limit (~1000 levels):
         # far over any cap, refused as such without a traceback.
-        raise InvalidRequest(field, f"nested deeper than {max_depth} levels") from None
+        limit = f"{max_depth} levels" if max_depth is not None else "the parser's limit"
+        raise InvalidRequest(field, f"nested deeper than {limit}") from None
     except ValueError as exc:
         raise InvalidRequest(field, f"not valid JSON: {exc}") from exc
-    if depth(value) > max_depth:
+    if max_depth is not None and depth(value, max_depth) > max_depth:
         raise InvalidRequest(field, f"nested deeper than {max_depth} levels")
     return value
 
 
-def depth(value: Any) -> int:
-    """Nesting of lists and objects (a scalar is 0), without recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, dict):
-            v = v.values()
-        elif not isinstance(v, list):
-            continue
-        deepest = max(deepest, d + 1)
-        stack.extend((x, d + 1) for x in v)
+def depth(value: Any, limit: int = 1 << 30) -> int:
+    """Nesting of lists and objects (a scalar is 0), counted level by level without
+    recursion (`extend` does the walking in C); stops counting once past `limit`."""
+    deepest, level = 0, [value]
+    while deepest <= limit:
+        below: list[Any] = []
+        containers = 0
+        for v in level:
+            if isinstance(v, dict):
+                below.extend(v.values())
+            elif isinstance(v, list):
+                below.extend(v)
+            else:
+                continue
+            containers += 1
+        if not containers:
+            return deepest
+        deepest, level = deepest + 1, below
     return deepest
 
 
