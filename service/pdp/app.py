@@ -18,6 +18,7 @@ import watchfiles
 
 from pdp.config import Settings
 from pdp.engine import Engine
+from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
 from pdp.reloader import BundleSources, Reloader
 
@@ -60,6 +61,9 @@ class App:
             s.listen,
             max_batch_items=s.max_batch_items,
             max_message_bytes=s.max_message_bytes,
+            limits=Limits.of(s),
+            max_concurrent_streams=s.max_concurrent_streams,
+            max_concurrent_rpcs=s.max_concurrent_rpcs,
             reuse_port=self.reuse_port,
         )
         await server.start()

@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-grace-seconds", type=float)
     serve.add_argument("--drain-seconds", type=float)
     serve.add_argument("--log-level")
+    serve.add_argument("--max-request-entities", type=int)
+    serve.add_argument("--max-context-bytes", type=int)
+    serve.add_argument("--max-batch-context-bytes", type=int)
+    serve.add_argument("--max-context-depth", type=int)
+    serve.add_argument("--max-concurrent-streams", type=int, help="per connection")
+    serve.add_argument("--max-concurrent-rpcs", type=int, help="server-wide")
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="ask for one decision")
@@ -146,6 +152,12 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "shutdown_grace_seconds",
             "drain_seconds",
             "log_level",
+            "max_request_entities",
+            "max_context_bytes",
+            "max_batch_context_bytes",
+            "max_context_depth",
+            "max_concurrent_streams",
+            "max_concurrent_rpcs",
         )
         if (v := getattr(args, k)) is not None
     }

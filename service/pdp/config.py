@@ -69,6 +69,32 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Limits on the request path: every input has a cap, so a bad request costs at most a
+    # small multiple of a good one of its size (issue 6 §5).
+    max_request_entities: int = Field(1000, ge=1, le=100_000)
+    """Most request entities one `entities` / `entities_json` field (per request or batch
+    item, and at batch level) may carry; more is INVALID_ARGUMENT."""
+
+    max_context_bytes: int = Field(64 * 1024, ge=64, le=256 * 1024 * 1024)
+    """Largest context of one check, as Cedar JSON bytes (`context_json`, or the typed
+    `context` once converted). Cedar parses a context at roughly 1-30 MB/s depending on
+    its shape (sets are slow), so 64 KiB costs at most tens of milliseconds."""
+
+    max_batch_context_bytes: int = Field(512 * 1024, ge=64, le=1024 * 1024 * 1024)
+    """Context bytes of a whole CheckBatch: Cedar parses the context once per item, so a
+    batch-level context counts once for every item that uses it."""
+
+    max_context_depth: int = Field(32, ge=1, le=64)
+    """Deepest nesting of a context, counted as JSON nesting of its Cedar JSON (the context
+    object is level 1, an entity or extension escape adds levels)."""
+
+    max_concurrent_streams: int = Field(32, ge=1, le=10_000)
+    """HTTP/2 streams one connection may have open (`grpc.max_concurrent_streams`)."""
+
+    max_concurrent_rpcs: int = Field(100, ge=1, le=100_000)
+    """RPCs the server handles at once, over all connections; more get RESOURCE_EXHAUSTED.
+    Each may buffer up to `max_message_bytes`, so this times that bounds request memory."""
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, v: str) -> str:

@@ -135,6 +135,15 @@ def test_check_against_a_running_server(server: ServerProcess) -> None:
     assert r.returncode == 2 and "NOT_FOUND" in r.stderr
 
 
+LIMITS_OUT_OF_RANGE = {
+    "max_request_entities": "0",
+    "max_context_bytes": "10",
+    "max_batch_context_bytes": "10",
+    "max_context_depth": "65",
+    "max_concurrent_streams": "0",
+}
+
+
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
@@ -144,6 +153,11 @@ def test_check_against_a_running_server(server: ServerProcess) -> None:
         (["--bundle", "acme=/no/such/dir"], {}, "invalid setting bundles"),
         (["--bundle", "bad tenant=policies"], {}, "invalid setting bundles"),
         ([], {"PDP_LOG_LEVEL": "LOUD"}, "invalid setting log_level"),
+        *(
+            ([f"--{name.replace('_', '-')}", bad], {}, f"invalid setting {name}")
+            for name, bad in LIMITS_OUT_OF_RANGE.items()
+        ),
+        ([], {"PDP_MAX_CONCURRENT_RPCS": "0"}, "invalid setting max_concurrent_rpcs"),
         (["--config", "/no/such.toml"], {}, "invalid"),
     ],
 )

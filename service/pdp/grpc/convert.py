@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import value_pb2 as vpb
+from pdp.config import Settings
 from pdp.errors import InvalidRequest
+from pdp.grpc import strict_json
 from pdp.model import TYPE_NAME, CheckInput, CheckResult, Decision, EntityRef, RequestEntities
 
 _EXTENSIONS = {"ipaddr": "ip", "decimal": "decimal", "datetime": "datetime", "duration": "duration"}
@@ -60,42 +63,80 @@ def record(field: str, fields: Mapping[str, vpb.Value], depth: int = 0) -> dict[
     return {k: value(f"{field}.{k}", fields[k], depth) for k in sorted(fields)}
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Content caps of one request: the `Settings` of the same names."""
+
+    max_request_entities: int
+    max_context_bytes: int
+    max_batch_context_bytes: int
+    max_context_depth: int
+
+    @staticmethod
+    def of(settings: Settings) -> Limits:
+        return Limits(**{f.name: getattr(settings, f.name) for f in fields(Limits)})
+
+
+DEFAULT_LIMITS = Limits(**{f.name: Settings.model_fields[f.name].default for f in fields(Limits)})
+
+
 def context(
-    field: str, typed: Mapping[str, vpb.Value], text: str
-) -> Mapping[str, Any] | str | None:
-    """The context given, or None when neither form is set (so a batch default applies)."""
+    field: str, typed: Mapping[str, vpb.Value], text: str, limits: Limits = DEFAULT_LIMITS
+) -> str | None:
+    """The context as Cedar JSON text, or None when neither form is set (so a batch default
+    applies). Cedar parses the text itself, with the schema; this only bounds it."""
     if typed and text:
         raise InvalidRequest(field, "set either context or context_json, not both")
     if text:
-        _json(f"{field}_json", text, dict, "must be a JSON object (a Cedar record)")
+        name = f"{field}_json"
+        _cap_bytes(name, utf8_size(text), limits.max_context_bytes)
+        if not isinstance(strict_json.loads(name, text, limits.max_context_depth), dict):
+            raise InvalidRequest(name, "must be a JSON object (a Cedar record)")
         return text  # cedarpy parses it again with the schema; pass the text through
     if typed:
-        return record(field, typed)
+        converted = record(field, typed)
+        # One serialisation, shared by every batch item that uses this context.
+        out = json.dumps(converted, separators=(",", ":"))
+        _cap_bytes(field, len(out), limits.max_context_bytes)  # dumps escapes to ASCII
+        if strict_json.depth(converted) > limits.max_context_depth:
+            raise InvalidRequest(field, f"nested deeper than {limits.max_context_depth} levels")
+        return out
     return None
 
 
-def entities(field: str, typed: Sequence[vpb.Entity], text: str) -> RequestEntities | None:
+def utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _cap_bytes(field: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise InvalidRequest(field, f"{size} bytes exceed the limit of {limit}")
+
+
+def entities(
+    field: str, typed: Sequence[vpb.Entity], text: str, limits: Limits = DEFAULT_LIMITS
+) -> RequestEntities | None:
     """Request entities as Cedar JSON, or None when none are given."""
+    cap = limits.max_request_entities
+    if len(typed) > cap:
+        raise InvalidRequest(field, f"{len(typed)} entities exceed the limit of {cap}")
     items: list[Any] = [_entity(f"{field}[{i}]", e) for i, e in enumerate(typed)]
     if text:
-        parsed = _json(f"{field}_json", text, list, "must be a JSON list of Cedar entities")
+        name = f"{field}_json"
+        # No depth walk here (a third of the parse's cost): Cedar refuses entities nested
+        # past its own limit, and the parser's recursion limit bounds the work before that.
+        parsed = strict_json.loads(name, text, None)
+        if not isinstance(parsed, list):
+            raise InvalidRequest(name, "must be a JSON list of Cedar entities")
+        if len(items) + len(parsed) > cap:
+            count = len(items) + len(parsed)
+            raise InvalidRequest(name, f"{count} entities (with {field}) exceed the limit of {cap}")
         if not items:
             return RequestEntities(text)
         items += parsed
     if not items:
         return None
     return RequestEntities(json.dumps(items, separators=(",", ":")))
-
-
-def _json(field: str, text: str, kind: type, shape: str) -> Any:
-    """Parse a `*_json` field, refusing it by name if it is not JSON of the given kind."""
-    try:
-        parsed = json.loads(text)
-    except ValueError as exc:
-        raise InvalidRequest(field, f"not valid JSON: {exc}") from exc
-    if not isinstance(parsed, kind):
-        raise InvalidRequest(field, shape)
-    return parsed
 
 
 def _entity(field: str, e: vpb.Entity) -> dict[str, Any]:
@@ -109,23 +150,26 @@ def _entity(field: str, e: vpb.Entity) -> dict[str, Any]:
     }
 
 
-def check_input(req: pb.CheckRequest) -> CheckInput:
-    ctx = context("context", req.context, req.context_json)
+def check_input(req: pb.CheckRequest, limits: Limits = DEFAULT_LIMITS) -> CheckInput:
+    ctx = context("context", req.context, req.context_json, limits)
     return CheckInput(
         principal=_required_ref("principal", req, "principal"),
         action=_required_ref("action", req, "action"),
         resource=_required_ref("resource", req, "resource"),
-        context={} if ctx is None else ctx,
-        entities=entities("entities", req.entities, req.entities_json),
+        context="{}" if ctx is None else ctx,
+        entities=entities("entities", req.entities, req.entities_json, limits),
     )
 
 
-def batch_inputs(req: pb.CheckBatchRequest) -> list[CheckInput]:
+def batch_inputs(req: pb.CheckBatchRequest, limits: Limits = DEFAULT_LIMITS) -> list[CheckInput]:
     """Items with the batch-level principal, context and entities filled in where unset."""
     principal = entity_ref("principal", req.principal) if req.HasField("principal") else None
-    ctx = context("context", req.context, req.context_json)
-    ents = entities("entities", req.entities, req.entities_json)
+    ctx = context("context", req.context, req.context_json, limits)
+    ents = entities("entities", req.entities, req.entities_json, limits)
     out: list[CheckInput] = []
+    shared_ctx = ctx if ctx is not None else "{}"
+    shared_size = utf8_size(shared_ctx)
+    context_bytes = 0  # as Cedar parses them: a shared context once per item using it
     for i, item in enumerate(req.items):
         at = f"items[{i}]"
         if item.HasField("principal"):
@@ -134,14 +178,23 @@ def batch_inputs(req: pb.CheckBatchRequest) -> list[CheckInput]:
             item_principal = principal
         else:
             raise InvalidRequest(f"{at}.principal", "required (no batch-level principal either)")
-        item_ctx = context(f"{at}.context", item.context, item.context_json)
-        item_ents = entities(f"{at}.entities", item.entities, item.entities_json)
+        item_ctx = context(f"{at}.context", item.context, item.context_json, limits)
+        used = shared_ctx if item_ctx is None else item_ctx
+        context_bytes += shared_size if item_ctx is None else utf8_size(item_ctx)
+        if context_bytes > limits.max_batch_context_bytes:
+            raise InvalidRequest(
+                "items",
+                f"contexts of items[0..{i}] total {context_bytes} bytes (a batch-level context "
+                f"counts once per item using it), over the limit of "
+                f"{limits.max_batch_context_bytes}",
+            )
+        item_ents = entities(f"{at}.entities", item.entities, item.entities_json, limits)
         out.append(
             CheckInput(
                 principal=item_principal,
                 action=_required_ref(f"{at}.action", item, "action"),
                 resource=_required_ref(f"{at}.resource", item, "resource"),
-                context=item_ctx if item_ctx is not None else (ctx if ctx is not None else {}),
+                context=used,
                 entities=item_ents if item_ents is not None else ents,
             )
         )

@@ -8,9 +8,10 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from pdp._proto.v1 import authorization_pb2 as pb
-from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp.engine import Engine
+from pdp.grpc.convert import Limits
 from pdp.grpc.servicer import AuthorizationServicer
+from pdp.grpc.wire import add_authorization_service
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -27,19 +28,29 @@ class PdpServer:
         *,
         max_batch_items: int,
         max_message_bytes: int,
+        limits: Limits,
+        max_concurrent_streams: int,
+        max_concurrent_rpcs: int,
         reuse_port: bool = False,
     ) -> None:
         self.server = grpc.aio.server(
             options=[
+                # A stream buffers at most one message of this size: grpc opens the HTTP/2
+                # window only as far as the length prefix of the message being read.
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                # So one connection buffers at most streams x message bytes...
+                ("grpc.max_concurrent_streams", max_concurrent_streams),
                 # A server on a taken port must fail, not share it; only `--workers`
                 # siblings share one port on purpose.
                 ("grpc.so_reuseport", int(reuse_port)),
-            ]
+            ],
+            # ...and the server at most RPCs x message bytes, over all connections: calls
+            # beyond it are refused with RESOURCE_EXHAUSTED before their message is read.
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
-        pb_grpc.add_AuthorizationServiceServicer_to_server(
-            AuthorizationServicer(engine, max_batch_items), self.server
+        add_authorization_service(
+            AuthorizationServicer(engine, max_batch_items, limits), self.server
         )
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -13,36 +13,42 @@ from pdp.engine import Engine, evaluate
 from pdp.errors import InvalidRequest
 from pdp.grpc import convert
 from pdp.grpc.status import handle_errors
+from pdp.grpc.wire import Undecodable, decoded
 from pdp.model import CheckResult, RequestEntities
 
 SLICE = 8  # batch items decided between two yields to the event loop
 
 
 class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
-    def __init__(self, engine: Engine, max_batch_items: int) -> None:
+    def __init__(
+        self, engine: Engine, max_batch_items: int, limits: convert.Limits = convert.DEFAULT_LIMITS
+    ) -> None:
         self._engine = engine
         self._max_batch_items = max_batch_items
+        self._limits = limits
 
     @handle_errors
     async def Check(
         self,
-        request: pb.CheckRequest,
+        request: pb.CheckRequest | Undecodable,
         context: grpc.aio.ServicerContext[pb.CheckRequest, pb.CheckResponse],
     ) -> pb.CheckResponse:
-        result = self._engine.check(request.tenant, convert.check_input(request))
+        request = decoded(request)
+        result = self._engine.check(request.tenant, convert.check_input(request, self._limits))
         return convert.check_response(result)
 
     @handle_errors
     async def CheckBatch(
         self,
-        request: pb.CheckBatchRequest,
+        request: pb.CheckBatchRequest | Undecodable,
         context: grpc.aio.ServicerContext[pb.CheckBatchRequest, pb.CheckBatchResponse],
     ) -> pb.CheckBatchResponse:
+        request = decoded(request)
         if len(request.items) > self._max_batch_items:
             raise InvalidRequest(
                 "items", f"{len(request.items)} items exceed the limit of {self._max_batch_items}"
             )
-        inputs = convert.batch_inputs(request)
+        inputs = convert.batch_inputs(request, self._limits)
         bundle = self._engine.bundle(request.tenant)  # every item on the same snapshot
         parsed: dict[RequestEntities, Any] = {}
         results: list[CheckResult] = []

@@ -17,7 +17,8 @@ from ..support import DOCS_BUNDLE, running_server
 
 SERVICE = "pdp.v1.AuthorizationService"
 SLOW_ENTITIES = 1000  # per batch item: makes the batch take about a second
-BIG = ["--max-message-bytes", str(32 * 1024 * 1024)]  # room for that batch
+# Room for that batch: its message and its entities per item.
+BIG = ["--max-message-bytes", str(32 * 1024 * 1024), "--max-request-entities", "2000"]
 
 
 def health(channel: grpc.Channel, service: str = "") -> int:
@@ -79,13 +80,14 @@ def test_sigterm_goes_not_serving_drains_and_finishes_in_flight_calls() -> None:
             resource=vpb.EntityUid(type="Document", id="doc1"),
         )
         assert health(ch) == health_pb2.HealthCheckResponse.SERVING
+        slow_batch = _slow_batch()  # built now: under load, building it outlasts the drain
         srv.proc.send_signal(signal.SIGTERM)
         srv.wait_for_log("NOT_SERVING, still answering")
         # Draining: health says NOT_SERVING, yet decisions are still answered.
         assert health(ch) == health_pb2.HealthCheckResponse.NOT_SERVING
         assert stub.Check(req, timeout=5).decision == pb.DECISION_ALLOW
         # A slow call started during the drain completes although the listener closes under it.
-        slow = stub.CheckBatch.future(_slow_batch(), timeout=30)
+        slow = stub.CheckBatch.future(slow_batch, timeout=30)
         results = slow.result().results
         assert len(results) == 100 and {r.decision for r in results} == {pb.DECISION_ALLOW}
         assert srv.proc.wait(timeout=20) == 0

@@ -1,0 +1,66 @@
+"""Register the service with request decoding that cannot fail before the handler runs.
+
+grpc's own deserializer raises on bytes that are not the message (or hold invalid UTF-8 in
+a string field); grpc then answers UNKNOWN and logs a traceback per call. Here a failed
+decode becomes an `Undecodable` marker, and the handler answers INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from pdp._proto.v1 import authorization_pb2 as pb
+from pdp.errors import InvalidRequest
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Bytes that did not decode as the `message` type; `reason` is protobuf's."""
+
+    message: str
+    reason: str
+
+
+def decoded(request: M | Undecodable) -> M:
+    """The request, or INVALID_ARGUMENT if its bytes did not decode."""
+    if isinstance(request, Undecodable):
+        raise InvalidRequest("request", f"not a valid {request.message}: {request.reason}")
+    return request
+
+
+def _lenient(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    def deserialize(data: bytes) -> Message | Undecodable:
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:  # also invalid UTF-8 and protobuf's nesting limit
+            return Undecodable(cls.DESCRIPTOR.full_name, str(exc) or "cannot decode")
+
+    return deserialize
+
+
+def add_authorization_service(servicer: Any, server: grpc.aio.Server) -> None:
+    """Like the generated `add_AuthorizationServiceServicer_to_server`, decoding leniently."""
+    methods: dict[str, tuple[Any, type[Message], type[Message]]] = {
+        "Check": (servicer.Check, pb.CheckRequest, pb.CheckResponse),
+        "CheckBatch": (servicer.CheckBatch, pb.CheckBatchRequest, pb.CheckBatchResponse),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            method,
+            request_deserializer=_lenient(request),
+            response_serializer=response.SerializeToString,
+        )
+        for name, (method, request, response) in methods.items()
+    }
+    service = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    # As the generated code does: registered methods skip the generic lookup per call (the
+    # grpc stubs do not declare it on aio.Server yet).
+    server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
