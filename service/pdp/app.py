@@ -127,8 +127,10 @@ class App:
 
     async def _watch_paths(self) -> None:
         """Watch the current paths; return when they change (a symlink swapped, a directory
-        created or removed) so that the caller watches the new ones."""
+        created, removed or replaced by a new one of the same name, which the old watch
+        would not see into) so that the caller watches the new ones."""
         paths = self.sources.watch_paths()
+        identity = _identity(paths)
         if not paths:
             log.warning(
                 "no bundle path exists to watch; looking again in %.0fs", WATCH_RETRY_SECONDS
@@ -158,7 +160,7 @@ class App:
                     # recognised by digest and not recompiled.
                     await self.reload()
                     continue
-                if self.sources.watch_paths() != paths:
+                if _identity(self.sources.watch_paths()) != identity:
                     log.info("watched paths changed; reloading every tenant")
                     await self.reload()
                     return
@@ -172,6 +174,18 @@ class App:
                     "bundle files changed; reloading %s", sorted(tenants) if tenants else "all"
                 )
                 await self.reload(tenants)
+
+
+def _identity(paths: list[Path]) -> list[tuple[Path, int, int]]:
+    """Each path with its inode: a directory recreated under the same name is a new one."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            continue  # gone: the set differs, so the watcher restarts
+        out.append((p, st.st_dev, st.st_ino))
+    return out
 
 
 @contextlib.contextmanager

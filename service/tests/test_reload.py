@@ -262,6 +262,16 @@ def test_a_removed_directory_keeps_its_bundle_until_it_is_back(
         wait_for_version(stub, "1.0.2")
 
 
+def test_a_directory_deleted_and_recreated_at_once_is_still_watched(live_bundle: Path) -> None:
+    with watched(["--bundle", f"live={live_bundle}"]) as (srv, stub):
+        shutil.rmtree(live_bundle)
+        shutil.copytree(DOCS_BUNDLE, live_bundle)  # a new directory under the watched name
+        write_version(live_bundle, 1)
+        wait_for_version(stub, "1.0.1")
+        write_version(live_bundle, 2)  # and edits to the new directory are seen
+        wait_for_version(stub, "1.0.2")
+
+
 def test_health_is_serving_only_while_a_tenant_is_loaded(tmp_path: Path) -> None:
     root = tmp_path / "tenants"
     root.mkdir()
