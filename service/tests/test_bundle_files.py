@@ -13,9 +13,13 @@ import os
 import subprocess
 import sys
 import tarfile
+from collections import Counter
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pdp.bundle_files import (
     MAX_FILE_BYTES,
@@ -191,3 +195,35 @@ def test_an_archive_round_trips(bundle: Path, tmp_path: Path) -> None:
     archive = tmp_path / "docs.tar.gz"
     archive.write_bytes(build_archive(read_bundle_files(bundle)))
     assert read_bundle_files(archive).files == read_bundle_files(bundle).files
+
+
+_NAMES = ["a.cedar", "./a.cedar", "b/c.cedar", "b/./c.cedar", "./b/c.cedar", ".hidden.cedar"]
+
+
+def test_archive_members_are_read_once_by_normalised_name_or_refused() -> None:
+    """For any member list: distinct normalised names are all read, any repeat is refused."""
+    reached: Counter[str] = Counter()
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(_NAMES), st.binary(max_size=8)), max_size=5))
+    def check(members: list[tuple[str, bytes]]) -> None:
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        visible = [(str(Path(n)), d) for n, d in members if not Path(n).name.startswith(".")]
+        with TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "b.tar.gz"
+            archive.write_bytes(gzip.compress(raw.getvalue()))
+            if len({n for n, _ in visible}) < len(visible):
+                reached["duplicate"] += 1
+                assert "duplicate archive member" in refusal(archive)
+            else:
+                reached["distinct" if visible else "empty"] += 1
+                assert dict(read_bundle_files(archive).files) == dict(visible)
+
+    check()
+    print(f"archive member lists: {dict(reached)}")
+    assert reached["duplicate"] >= 20 and reached["distinct"] >= 20, reached
