@@ -174,6 +174,10 @@ class App:
                     "bundle files changed; reloading %s", sorted(tenants) if tenants else "all"
                 )
                 await self.reload(tenants)
+                if changed & set(paths):
+                    # A watched directory itself was removed or replaced: its watch is gone
+                    # (a new one may even reuse the inode number), so watch afresh.
+                    return
 
 
 def _identity(paths: list[Path]) -> list[tuple[Path, int, int]]:

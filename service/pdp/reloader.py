@@ -41,6 +41,7 @@ class Reloader:
         self._sources = sources
         self._lock = threading.Lock()  # one reload at a time; swaps never interleave
         self._status: dict[str, TenantStatus] = {}
+        self._unreadable: str | None = None  # why bundles_dir could not be listed, last time
 
     @property
     def status(self) -> Mapping[str, TenantStatus]:
@@ -73,8 +74,9 @@ class Reloader:
             current = self._engine.snapshot
             bundles: dict[str, Bundle] = dict(current.bundles) if current else {}
             failures: list[BundleError] = []
-            if found.unreadable:
+            if found.unreadable and found.unreadable != self._unreadable:  # said once
                 log.error("bundles_dir: %s; its tenants keep their bundles", found.unreadable)
+            self._unreadable = found.unreadable
             for tenant, message in sorted(found.conflicts.items()):
                 self._failed(tenant, message, bundles.get(tenant))
                 failures.append(BundleError(f"tenant {tenant}", [BundleProblem("", message)]))

@@ -256,6 +256,8 @@ def test_a_removed_directory_keeps_its_bundle_until_it_is_back(
         mark = len(srv.lines)
         shutil.move(removed, tmp_path / "away")
         srv.wait_for_log("tenant live: bundle refused, keeping version 1.0.0", start=mark)
+        if layout == "bundles_dir":
+            srv.wait_for_log(f"bundles_dir: cannot list {root}", start=mark)
         assert stub.Check(REQ).policy_version.version == "1.0.0"
         shutil.move(tmp_path / "away", removed)
         write_version(bundle, 2)
