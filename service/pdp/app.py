@@ -20,9 +20,16 @@ from pdp.config import Settings
 from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
-from pdp.reloader import BundleSources, Reloader
+from pdp.reloader import Reloader
 
 log = logging.getLogger("pdp")
+
+
+WATCH_RETRY_SECONDS = 1.0  # after the watcher failed, or while no watched path exists
+QUIET_CAP_FACTOR = (
+    20  # a bundle that never stops changing is reloaded after this many quiet periods
+)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class App:
@@ -30,8 +37,9 @@ class App:
         self.settings = settings
         self.reuse_port = reuse_port  # a `--workers` sibling shares the port
         self.engine = Engine()
-        self.sources = BundleSources(settings.bundles, settings.bundles_dir)
+        self.sources = settings.bundle_sources()
         self.reloader = Reloader(self.engine, self.sources)
+        self._server: PdpServer | None = None
         self._stop = asyncio.Event()
         self._reloading = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()  # keeps signal-started reloads alive
@@ -42,13 +50,28 @@ class App:
 
     async def reload(self, tenants: set[str] | None = None) -> None:
         async with self._reloading:
-            # Compiling runs in a worker thread: the event loop keeps answering.
-            await asyncio.to_thread(self.reloader.reload, tenants)
+            try:
+                # Compiling runs in a worker thread: the event loop keeps answering.
+                await asyncio.to_thread(self.reloader.reload, tenants)
+            except Exception:  # the reloader reports bundle failures itself; this is a bug
+                log.exception("reload failed; the served bundles are unchanged")
+            await self._update_health()
+
+    async def _update_health(self) -> None:
+        # SERVING only while some tenant can be decided; once draining, the health
+        # servicer stays NOT_SERVING whatever is set here.
+        if self._server is not None:
+            await self._server.set_serving(self.reloader.serving)
 
     def request_stop(self) -> None:
+        if self._stop.is_set():
+            log.info("already stopping")  # a second Ctrl-C, or a forwarded copy of the first
         self._stop.set()
 
     def request_reload(self) -> None:
+        if self._stop.is_set():
+            log.info("SIGHUP while stopping: ignored")
+            return
         log.info("SIGHUP: reloading every bundle")
         task = asyncio.ensure_future(self.reload())
         self._tasks.add(task)
@@ -67,7 +90,8 @@ class App:
             reuse_port=self.reuse_port,
         )
         await server.start()
-        await server.set_serving(True)
+        self._server = server
+        await self._update_health()
         host = s.listen.rsplit(":", 1)[0]
         snapshot = self.engine.snapshot
         tenants = sorted(snapshot.bundles) if snapshot else []
@@ -75,45 +99,101 @@ class App:
         if on_listening:
             on_listening(server.port)
         watcher = asyncio.create_task(self._watch()) if s.watch else None
+        # Signals stay handled until the end: a second Ctrl-C or a SIGHUP while draining
+        # must not kill the process with calls in flight.
         with _signals(self):
             await self._stop.wait()
-        await server.enter_shutdown()  # health NOT_SERVING from here on
-        if watcher:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        if s.drain_seconds:
-            log.info("shutting down: NOT_SERVING, still answering for %.1fs", s.drain_seconds)
-            await asyncio.sleep(s.drain_seconds)
-        log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
-        await server.stop(s.shutdown_grace_seconds)
+            try:
+                await server.enter_shutdown()  # health NOT_SERVING from here on
+                if watcher:
+                    watcher.cancel()
+                    await asyncio.gather(watcher, *self._tasks, return_exceptions=True)
+                if s.drain_seconds:
+                    log.info(
+                        "shutting down: NOT_SERVING, still answering for %.1fs", s.drain_seconds
+                    )
+                    await asyncio.sleep(s.drain_seconds)
+            finally:
+                log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
+                await server.stop(s.shutdown_grace_seconds)
         log.info("stopped")
 
     async def _watch(self) -> None:
+        """Watch until cancelled; whatever fails, log it and watch again."""
+        while True:
+            try:
+                await self._watch_paths()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("bundle watcher failed; watching again in %.0fs", WATCH_RETRY_SECONDS)
+                await asyncio.sleep(WATCH_RETRY_SECONDS)
+
+    async def _watch_paths(self) -> None:
+        """Watch the current paths; return when they change (a symlink swapped, a directory
+        created, removed or replaced by a new one of the same name, which the old watch
+        would not see into) so that the caller watches the new ones."""
         paths = self.sources.watch_paths()
+        identity = _identity(paths)
+        if not paths:
+            log.warning(
+                "no bundle path exists to watch; looking again in %.0fs", WATCH_RETRY_SECONDS
+            )
+            await asyncio.sleep(WATCH_RETRY_SECONDS)
+            await self.reload()
+            return
+        quiet = self.settings.reload_debounce_ms
         armed = False
-        async for changes in watchfiles.awatch(
-            *paths,
-            debounce=self.settings.reload_debounce_ms,
-            step=50,
-            recursive=True,
-            rust_timeout=500,
-            yield_on_timeout=True,  # the first (empty) yield tells us the watcher is armed
-        ):
-            if not armed:
-                armed = True
-                log.info("watching %d path(s) for bundle changes", len(paths))
-                # Catch edits made between start-up loading and arming the watcher;
-                # unchanged bundles are recognised by digest and not recompiled.
-                await self.reload()
-            if not changes:
-                continue
-            changed = {Path(p) for _, p in changes}
-            tenants = self.sources.tenants_for(changed)
-            if tenants is not None and not tenants:
-                continue  # a file beside an archive, not part of any bundle
-            log.info("bundle files changed; reloading %s", sorted(tenants) if tenants else "all")
-            await self.reload(tenants)
+        async with contextlib.aclosing(
+            watchfiles.awatch(
+                *paths,
+                # Yield only after `quiet` ms without a change (a writer's burst is one
+                # reload), at the latest after QUIET_CAP_FACTOR times that.
+                step=quiet,
+                debounce=quiet * QUIET_CAP_FACTOR,
+                recursive=True,
+                rust_timeout=500,
+                yield_on_timeout=True,  # the first (empty) yield tells us the watcher is armed
+            )
+        ) as batches:
+            async for changes in batches:
+                if not armed:
+                    armed = True
+                    log.info("watching %d path(s) for bundle changes", len(paths))
+                    # Catch edits made before the watcher was armed; unchanged bundles are
+                    # recognised by digest and not recompiled.
+                    await self.reload()
+                    continue
+                if _identity(self.sources.watch_paths()) != identity:
+                    log.info("watched paths changed; reloading every tenant")
+                    await self.reload()
+                    return
+                if not changes:
+                    continue
+                changed = {Path(p) for _, p in changes}
+                tenants = self.sources.tenants_for(changed)
+                if tenants is not None and not tenants:
+                    continue  # a file beside an archive, not part of any bundle
+                log.info(
+                    "bundle files changed; reloading %s", sorted(tenants) if tenants else "all"
+                )
+                await self.reload(tenants)
+                if changed & set(paths):
+                    # A watched directory itself was removed or replaced: its watch is gone
+                    # (a new one may even reuse the inode number), so watch afresh.
+                    return
+
+
+def _identity(paths: list[Path]) -> list[tuple[Path, int, int]]:
+    """Each path with its inode: a directory recreated under the same name is a new one."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            continue  # gone: the set differs, so the watcher restarts
+        out.append((p, st.st_dev, st.st_ino))
+    return out
 
 
 @contextlib.contextmanager
@@ -121,7 +201,7 @@ def _signals(app: App) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, app.request_stop)
             installed.append(sig)
         loop.add_signal_handler(signal.SIGHUP, app.request_reload)
@@ -133,3 +213,6 @@ def _signals(app: App) -> Iterator[None]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+            # The server has stopped and the process is about to exit: a late Ctrl-C or
+            # SIGHUP must not turn a clean exit into a traceback or a kill.
+            signal.signal(sig, signal.SIG_IGN)

@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a tenant's bundle (repeatable; no TENANT= means 'default')",
     )
     serve.add_argument("--bundles-dir", type=Path, help="directory of bundles, one per tenant")
+    serve.add_argument(
+        "--follow-symlinks",
+        action="store_const",
+        const=True,
+        help="read bundles through symlinks that lead outside them",
+    )
     serve.add_argument("--max-batch-items", type=int)
     serve.add_argument("--max-message-bytes", type=int)
     serve.add_argument("--workers", type=int, help="server processes sharing the port")
@@ -121,10 +127,6 @@ def _serve(args: argparse.Namespace) -> int:
     app = App(settings, reuse_port=args.worker)
     try:
         app.load()  # with --workers, also done here first: problems are reported once
-    except BundleError as exc:
-        print(f"pdp: cannot start: {exc.message}", file=sys.stderr)
-        return EXIT_FAIL
-    try:
         if settings.workers > 1:
             from pdp.supervisor import run_workers
 
@@ -132,6 +134,11 @@ def _serve(args: argparse.Namespace) -> int:
             assert m is not None  # validated by Settings
             return run_workers(args.argv, m["host"], int(m["port"]), settings.workers)
         asyncio.run(app.run())
+    except BundleError as exc:
+        print(f"pdp: cannot start: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were up: nothing to drain
+        print("pdp: interrupted before serving", file=sys.stderr)
     except (OSError, RuntimeError) as exc:  # e.g. the port is taken
         print(f"pdp: cannot serve on {settings.listen}: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -144,6 +151,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
         for k in (
             "listen",
             "bundles_dir",
+            "follow_symlinks",
             "max_batch_items",
             "max_message_bytes",
             "workers",
@@ -167,8 +175,6 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             tenant, sep, path = spec.rpartition("=")
             bundles[tenant if sep else DEFAULT_TENANT] = Path(path)
         flags["bundles"] = bundles
-    elif args.bundles_dir is not None:
-        flags["bundles"] = {}
     return flags
 
 

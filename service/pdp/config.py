@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,6 +18,7 @@ from pydantic_settings import (
 )
 
 from pdp.model import DEFAULT_TENANT
+from pdp.tenants import BundleSources
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_BATCH_ITEMS = 100
@@ -38,11 +39,15 @@ class Settings(BaseSettings):
     listen: str = DEFAULT_LISTEN
     """host:port to serve gRPC on; port 0 picks a free port."""
 
-    bundles: dict[str, Path] = Field(default_factory=lambda: {DEFAULT_TENANT: default_bundle()})
-    """Tenant name -> bundle directory or .tar.gz."""
+    bundles: dict[str, Path] = Field(default_factory=dict)
+    """Tenant name -> bundle directory or .tar.gz. With neither this nor `bundles_dir`, the
+    built-in default bundle is served as tenant `default`."""
 
     bundles_dir: Path | None = None
     """A directory whose every subdirectory or .tar.gz is a tenant's bundle (name = tenant)."""
+
+    follow_symlinks: bool = False
+    """Read bundle files (and bundles_dir entries) through symlinks that lead outside them."""
 
     max_batch_items: int = Field(DEFAULT_MAX_BATCH_ITEMS, ge=1, le=10_000)
     """Most items one CheckBatch may carry (AVP caps at 30)."""
@@ -115,10 +120,22 @@ class Settings(BaseSettings):
 
     @field_validator("bundles_dir")
     @classmethod
-    def _check_bundles_dir(cls, v: Path | None) -> Path | None:
+    def _check_bundles_dir(cls, v: Path | None, info: ValidationInfo) -> Path | None:
         if v is not None and not v.is_dir():
             raise ValueError(f"not a directory: {v}")
+        if v is not None and "bundles" in info.data:  # else `bundles` itself is invalid
+            conflicts = BundleSources(info.data["bundles"], v).scan().conflicts
+            if conflicts:
+                raise ValueError("; ".join(conflicts[t] for t in sorted(conflicts)))
         return v
+
+    def bundle_sources(self) -> BundleSources:
+        return BundleSources(
+            self.bundles,
+            self.bundles_dir,
+            builtin={DEFAULT_TENANT: default_bundle()},
+            follow_symlinks=self.follow_symlinks,
+        )
 
     @classmethod
     def settings_customise_sources(

@@ -1,7 +1,9 @@
 """Build snapshots off the request path and swap them in; keep the last good bundle.
 
-A tenant whose new bundle fails keeps serving its previous one; the failure is
-logged and recorded in `status` (exported as metrics by the telemetry layer).
+A tenant whose new bundle fails for any reason (a refused bundle, a file vanishing
+mid-read, an unreadable directory) keeps serving its previous one, and so does a
+tenant whose source disappeared; each failure is logged with the tenant and path
+and recorded in `status` (exported as metrics by the telemetry layer).
 """
 
 from __future__ import annotations
@@ -9,17 +11,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from pdp.bundle import Bundle, compile_bundle
-from pdp.bundle_files import ARCHIVE_SUFFIXES, read_bundle_files
+from pdp.bundle_files import BundleFiles
 from pdp.engine import Engine, Snapshot
 from pdp.errors import BundleError, BundleProblem
 from pdp.model import BundleVersion
+from pdp.tenants import BundleSources, TenantSource
 
 log = logging.getLogger(__name__)
+
+MAX_READS = 5  # reads of a changing bundle before giving up until its next change
 
 
 @dataclass(frozen=True)
@@ -31,56 +35,23 @@ class TenantStatus:
     failures: int = 0  # failed attempts since start
 
 
-class BundleSources:
-    """Which tenants exist and where their bundles are: explicit ones and a scanned directory."""
-
-    def __init__(self, bundles: Mapping[str, Path], bundles_dir: Path | None = None) -> None:
-        self._bundles = dict(bundles)
-        self._dir = bundles_dir
-
-    def resolve(self) -> dict[str, Path]:
-        found = dict(self._bundles)
-        if self._dir is not None:
-            for p in sorted(self._dir.iterdir()):
-                name = p.name
-                for suffix in ARCHIVE_SUFFIXES:
-                    name = name.removesuffix(suffix)
-                if not p.name.startswith(".") and (p.is_dir() or name != p.name):
-                    found.setdefault(name, p)
-        return found
-
-    def watch_paths(self) -> list[Path]:
-        # An archive is usually replaced by a rename, which a watch on the file itself
-        # would miss: watch the directory it is in.
-        paths = {p.resolve() if p.is_dir() else p.resolve().parent for p in self._bundles.values()}
-        if self._dir is not None:
-            paths.add(self._dir.resolve())
-        return sorted(paths)
-
-    def tenants_for(self, changed: Iterable[Path]) -> set[str] | None:
-        """Tenants whose bundle holds a changed path; None means rescan all tenants."""
-        tenants: set[str] = set()
-        resolved = {t: p.resolve() for t, p in self.resolve().items()}
-        scanned = self._dir.resolve() if self._dir is not None else None
-        for path in changed:
-            owners = [t for t, root in resolved.items() if path == root or root in path.parents]
-            if owners:
-                tenants.update(owners)
-            elif scanned is not None and scanned in path.parents:
-                return None  # a bundle appeared in or vanished from bundles_dir
-        return tenants
-
-
 class Reloader:
     def __init__(self, engine: Engine, sources: BundleSources) -> None:
         self._engine = engine
         self._sources = sources
         self._lock = threading.Lock()  # one reload at a time; swaps never interleave
         self._status: dict[str, TenantStatus] = {}
+        self._unreadable: str | None = None  # why bundles_dir could not be listed, last time
 
     @property
     def status(self) -> Mapping[str, TenantStatus]:
         return dict(self._status)
+
+    @property
+    def serving(self) -> bool:
+        """At least one tenant has a bundle to decide with."""
+        snapshot = self._engine.snapshot
+        return bool(snapshot and snapshot.bundles)
 
     def load_all(self) -> None:
         """Start-up: every bundle must load, else BundleError listing all problems of all."""
@@ -94,35 +65,67 @@ class Reloader:
             raise BundleError(", ".join(e.source for e in errors), problems)
 
     def reload(self, tenants: set[str] | None = None) -> list[BundleError]:
-        """Rebuild the given tenants (all when None), swap once, return the failures."""
+        """Rebuild the given tenants (all when None), swap once, return the failures.
+
+        Tenants are never dropped: one whose source vanished or cannot be told apart from
+        another (a name conflict) keeps the bundle it serves."""
         with self._lock:
-            paths = self._sources.resolve()
+            found = self._sources.scan()
             current = self._engine.snapshot
-            bundles: dict[str, Bundle] = {
-                t: b for t, b in (current.bundles.items() if current else ()) if t in paths
-            }
+            bundles: dict[str, Bundle] = dict(current.bundles) if current else {}
             failures: list[BundleError] = []
-            for tenant in sorted(paths if tenants is None else tenants & paths.keys()):
+            if found.unreadable and found.unreadable != self._unreadable:  # said once
+                log.error("bundles_dir: %s; its tenants keep their bundles", found.unreadable)
+            self._unreadable = found.unreadable
+            for tenant, message in sorted(found.conflicts.items()):
+                self._failed(tenant, message, bundles.get(tenant))
+                failures.append(BundleError(f"tenant {tenant}", [BundleProblem("", message)]))
+            for tenant in sorted(bundles.keys() - found.sources.keys() - found.conflicts.keys()):
+                self._vanished(tenant, bundles[tenant])
+            wanted = found.sources.keys() if tenants is None else tenants & found.sources.keys()
+            for tenant in sorted(wanted):
+                source = found.sources[tenant]
                 try:
-                    bundles[tenant] = self._build(tenant, paths[tenant], bundles.get(tenant))
+                    bundles[tenant] = self._build(tenant, source, bundles.get(tenant))
                 except BundleError as exc:
                     failures.append(exc)
-                    self._failed(tenant, exc, bundles.get(tenant))
-            self._engine.swap(Snapshot.of(bundles))
+                    self._failed(tenant, exc.message, bundles.get(tenant))
+                except Exception as exc:  # e.g. OSError from a file vanishing mid-read
+                    problem = BundleProblem(str(source.path), f"cannot read: {exc!r}")
+                    error = BundleError(str(source.path), [problem])
+                    failures.append(error)
+                    self._failed(tenant, error.message, bundles.get(tenant))
+            if current is None or not _same(current.bundles, bundles):
+                self._engine.swap(Snapshot.of(bundles))
             return failures
 
-    def _build(self, tenant: str, path: Path, previous: Bundle | None) -> Bundle:
-        files = read_bundle_files(path)
+    def _read_stable(self, source: TenantSource) -> BundleFiles:
+        """Read until two consecutive reads agree, so a bundle being written file by file
+        is not loaded half old, half new (a writer slower than the reads still can be:
+        publish atomically, see README)."""
+        files = self._sources.read(source)
+        for _ in range(MAX_READS - 1):
+            again = self._sources.read(source)
+            if again.digest == files.digest:
+                return again
+            files = again
+        message = f"still changing after {MAX_READS} reads; not loaded"
+        raise BundleError(str(source.path), [BundleProblem(str(source.path), message)])
+
+    def _build(self, tenant: str, source: TenantSource, previous: Bundle | None) -> Bundle:
+        files = self._read_stable(source)
         if previous is not None and previous.version.digest == files.digest:
             bundle = previous  # unchanged content: keep the parsed handles
         else:
             bundle = compile_bundle(files)
             log.info(
-                "tenant %s: serving bundle %s version %s (%s)",
+                "tenant %s: serving bundle %s version %s (%s) from %s (%s)",
                 tenant,
                 bundle.version.name,
                 bundle.version.version,
                 bundle.version.digest[:19],
+                source.path,
+                source.origin,
             )
         old = self._status.get(tenant)
         self._status[tenant] = TenantStatus(
@@ -130,14 +133,24 @@ class Reloader:
         )
         return bundle
 
-    def _failed(self, tenant: str, exc: BundleError, kept: Bundle | None) -> None:
+    def _vanished(self, tenant: str, kept: Bundle) -> None:
+        old = self._status.get(tenant)
+        message = "bundle source vanished"
+        if old is None or old.error != message:  # said once, not at every reload
+            self._failed(tenant, message, kept)
+
+    def _failed(self, tenant: str, message: str, kept: Bundle | None) -> None:
         old = self._status.get(tenant)
         keeping = f"keeping version {kept.version.version}" if kept else "no version to serve"
-        log.error("tenant %s: bundle refused, %s: %s", tenant, keeping, exc.message)
+        log.error("tenant %s: bundle refused, %s: %s", tenant, keeping, message)
         self._status[tenant] = TenantStatus(
             False,
             kept.version if kept else None,
-            exc.message,
+            message,
             time.time(),
             (old.failures if old else 0) + 1,
         )
+
+
+def _same(a: Mapping[str, Bundle], b: Mapping[str, Bundle]) -> bool:
+    return a.keys() == b.keys() and all(a[t] is b[t] for t in a)

@@ -3,7 +3,7 @@
 cedarpy holds the GIL while it evaluates, so one process decides on one core; more
 cores need more processes. Each worker is a complete `pdp serve` (own snapshot, own
 reload); the kernel spreads connections over them (SO_REUSEPORT). This parent only
-picks the port, starts the workers, forwards signals and stops them all if one dies.
+reserves the port, starts the workers, forwards signals and stops them all if one dies.
 """
 
 from __future__ import annotations
@@ -20,30 +20,45 @@ from types import FrameType
 log = logging.getLogger("pdp.supervisor")
 
 
-def free_port(host: str, port: int) -> int:
-    """Check that host:port is free (not even shared by another SO_REUSEPORT server) and
-    return it, or a free port chosen by the kernel when `port` is 0."""
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (a free port chosen by the kernel when `port` is 0) that
+    only `--workers` siblings can share: it binds without SO_REUSEPORT, so it fails if any
+    server holds the port, then turns SO_REUSEPORT on so the workers (which set it) can bind
+    beside it. It never listens, so it receives no connections; holding it until the
+    workers exit keeps anyone else from taking the port while they start."""
     bare = host.strip("[]")
     family, kind, proto, _, addr = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)[0]
-    with socket.socket(family, kind, proto) as s:
-        s.bind(addr)  # no SO_REUSEPORT: fails if any server holds the port
-        return int(s.getsockname()[1])
+    s = socket.socket(family, kind, proto)
+    try:
+        s.bind(addr)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except OSError:
+        s.close()
+        raise
+    return s
 
 
 def run_workers(argv: Sequence[str], host: str, port: int, workers: int) -> int:
-    port = free_port(host, port)
-    listen = f"{host}:{port}"
+    with reserve_port(host, port) as reserved:
+        listen = f"{host}:{reserved.getsockname()[1]}"
+        return _supervise(argv, listen, workers)
+
+
+def _supervise(argv: Sequence[str], listen: str, workers: int) -> int:
     command = [sys.executable, "-m", "pdp", *argv, "--workers", "1", "--listen", listen, "--worker"]
     procs = [subprocess.Popen(command) for _ in range(workers)]
     log.info("supervising %d workers on %s: pids %s", workers, listen, [p.pid for p in procs])
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        # Ctrl-C reaches the workers too (one process group); a second copy is harmless:
+        # a worker handles signals until it exits.
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
     forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    previous = {s: signal.signal(s, forward) for s in forwarded}
+    for sig in forwarded:
+        signal.signal(sig, forward)
     try:
         stopping = False
         while any(p.poll() is None for p in procs):
@@ -54,6 +69,8 @@ def run_workers(argv: Sequence[str], host: str, port: int, workers: int) -> int:
                 stopping = True
             time.sleep(0.1)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig in forwarded:
+            # The workers are gone and so is this process in a moment: a late Ctrl-C must
+            # not turn a clean exit into a traceback.
+            signal.signal(sig, signal.SIG_IGN)
     return 0 if all(p.returncode == 0 for p in procs) else 1

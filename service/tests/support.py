@@ -62,15 +62,23 @@ def pdp_command() -> list[str]:
 
 @contextmanager
 def running_server(
-    args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 30.0
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    *,
+    own_process_group: bool = False,
 ) -> Iterator[ServerProcess]:
-    """Start `pdp serve --listen 127.0.0.1:0 ARGS`, yield once it listens, SIGTERM after."""
+    """Start `pdp serve --listen 127.0.0.1:0 ARGS`, yield once it listens, SIGTERM after.
+
+    `own_process_group` lets a test signal the whole group (as Ctrl-C does) with `os.killpg`
+    without signalling pytest."""
     proc = subprocess.Popen(
         [*pdp_command(), "serve", "--listen", "127.0.0.1:0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, **(env or {})},
+        start_new_session=own_process_group,
     )
     lines: list[str] = []
     port: list[int] = []

@@ -7,8 +7,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
+
+import pytest
 
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
@@ -93,3 +97,77 @@ def test_workers_refuse_a_taken_port() -> None:
         assert r.returncode == 1 and f"cannot serve on {first.address}" in r.stderr
         with first.channel() as ch:  # the first server is untouched
             assert pb_grpc.AuthorizationServiceStub(ch).Check(REQ).decision == pb.DECISION_ALLOW
+
+
+def _stop_all(srv: ServerProcess, how: str) -> None:
+    pgid = os.getpgid(srv.proc.pid)
+    if how == "ctrl-c":
+        os.killpg(pgid, signal.SIGINT)
+        time.sleep(0.3)
+        os.killpg(pgid, signal.SIGINT)  # an impatient second Ctrl-C, while draining
+        os.killpg(pgid, signal.SIGHUP)  # and a reload request, while draining
+    else:
+        srv.proc.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_drain_and_exit_0(workers: int, how: str) -> None:
+    args = ["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch", "--drain-seconds", "1.5"]
+    with running_server([*args, "--workers", str(workers)], own_process_group=True) as srv:
+        first = srv.lines.index(srv.wait_for_log("listening on"))
+        if workers == 2:
+            srv.wait_for_log("listening on", start=first + 1)
+        answers(srv, 2)
+        _stop_all(srv, how)
+        srv.wait_for_log("still answering")
+        assert answers(srv, 2)[0].decision == pb.DECISION_ALLOW  # draining, still answering
+        assert srv.proc.wait(timeout=30) == 0, srv.log()
+        time.sleep(0.2)  # let the log pump catch up
+        log = srv.log()
+        assert log.count("INFO pdp: stopped") == workers, log
+        assert "Traceback" not in log and "never awaited" not in log, log
+
+
+def test_the_port_is_held_while_workers_start() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            *pdp_command(),
+            "serve",
+            "--bundle",
+            f"docs={DOCS_BUNDLE}",
+            "--no-watch",
+            "--workers",
+            "2",
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "supervising" in line:
+                break
+        # From here until the workers listen, nobody else may take the port.
+        taken = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            with socket.socket() as intruder:
+                try:
+                    intruder.bind(("127.0.0.1", port))
+                    taken += 1
+                except OSError:
+                    pass
+            time.sleep(0.01)
+        assert taken == 0, f"another process bound the port {taken} times while workers started"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        if proc.stdout:
+            proc.stdout.close()
