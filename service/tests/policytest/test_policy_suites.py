@@ -50,7 +50,7 @@ def test_every_policy_and_link_is_exercised() -> None:
     coverage = _report(False).coverage
     assert coverage is not None
     assert [u.policy_id for u in coverage.uncovered] == []
-    assert coverage.total == 25
+    assert coverage.total == 39
 
 
 def test_no_mutant_survives() -> None:
