@@ -88,10 +88,16 @@ class PolicySource:
     policy_id: str  # @id annotation where present, else cedar_id
     file: str
     line: int | None  # None where Cedar's count and the message locator's disagree
-    est: Mapping[str, Any]  # Cedar's JSON form of the policy, or for a link its template's
+    est_json: str  # Cedar's JSON form of the policy, or for a link its template's
     effect: str  # "permit" | "forbid"
     is_template: bool = False
     template_id: str | None = None  # for links: the template's policy_id
+
+    @property
+    def est(self) -> dict[str, Any]:
+        """The policy in Cedar's JSON form (parsed on each call: it is kept as text)."""
+        est: dict[str, Any] = json.loads(self.est_json)
+        return est
 
 
 @dataclass(frozen=True)
@@ -199,14 +205,14 @@ def _sources(parsed: list[ParsedFile], problems: list[BundleProblem]) -> dict[st
     seen: dict[str, PolicySource] = {}
     for f in parsed:
         for p in f.policies:
-            annotated = (p.est.get("annotations") or {}).get("id")
+            annotated = p.id_annotation
             src = PolicySource(
                 p.cedar_id,
                 annotated or p.cedar_id,
                 f.name,
                 p.line,
-                p.est,
-                p.est["effect"],
+                p.est_json,
+                p.effect,
                 p.is_template,
             )
             if annotated and not (len(annotated) <= MAX_ID and _ID.match(annotated)):
@@ -284,7 +290,7 @@ def _link(
             link.new_id,
             LINKS,
             line,
-            template.est,
+            template.est_json,
             template.effect,
             False,
             template.policy_id,

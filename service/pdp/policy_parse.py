@@ -27,7 +27,11 @@ _PREFIX = "policy"  # Cedar's positional ids: policy0, policy1, ...
 class ParsedPolicy:
     cedar_id: str  # its id in the bundle's policy set
     line: int | None  # where it starts, when the locator's count agrees with Cedar's
-    est: Mapping[str, Any]  # the policy (or template) in Cedar's JSON form
+    # The policy (or template) in Cedar's JSON form, kept as text: one object per policy
+    # rather than dozens keeps the collector's full passes short in a large bundle.
+    est_json: str
+    effect: str  # "permit" | "forbid"
+    id_annotation: str | None  # its @id, if any
     is_template: bool
 
 
@@ -67,7 +71,14 @@ def parse_files(
             [s.line for s in statements] if len(statements) == len(found) else [None] * len(found)
         )
         policies = tuple(
-            ParsedPolicy(f"{_PREFIX}{first + j}", lines[j], policy, is_template)
+            ParsedPolicy(
+                f"{_PREFIX}{first + j}",
+                lines[j],
+                json.dumps(policy, separators=(",", ":")),
+                policy["effect"],
+                (policy.get("annotations") or {}).get("id"),
+                is_template,
+            )
             for j, (policy, is_template) in enumerate(found)
         )
         parsed.append(ParsedFile(name, text, policies))
@@ -147,5 +158,6 @@ def _index(local_id: str) -> int | None:
 
 def _members(f: ParsedFile, *, template: bool) -> str:
     """The `"id": policy` members of one file's policies (or templates), as JSON text."""
-    chosen = {p.cedar_id: p.est for p in f.policies if p.is_template is template}
-    return json.dumps(chosen, separators=(",", ":"))[1:-1] if chosen else ""
+    return ",".join(
+        f"{json.dumps(p.cedar_id)}:{p.est_json}" for p in f.policies if p.is_template is template
+    )
