@@ -57,6 +57,8 @@ def test_splitting_is_lossless_and_counts_policies(policies: list[str]) -> None:
 
 
 def test_a_bare_carriage_return_ends_a_comment_and_a_line() -> None:
-    text = 'permit(principal, action, resource);\n// c\r@id("b")\rforbid(principal, action, resource);'
+    text = (
+        'permit(principal, action, resource);\n// c\r@id("b")\rforbid(principal, action, resource);'
+    )
     [a, b] = split_statements(text)
     assert (a.line, b.line) == (1, 3) and b.text.startswith("\n// c\r@id")
