@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pdp.bundle_files import BundleFiles, read_bundle_files
 from pdp.errors import BundleError, BundleProblem
 from pdp.model import BundleVersion
-from pdp.policy_parse import ParsedFile, parse_files, policy_set_of, validate
+from pdp.policy_parse import ParsedFile, parse_files, policy_set_from, policy_set_of, validate
 
 MANIFEST = "manifest.json"
 SCHEMA_FILES = ("schema.cedarschema", "schema.cedarschema.json")
@@ -313,10 +313,14 @@ def _link_all(
     except (ValueError, KeyError):
         pass
     # All or nothing: on this error path only, try each link alone to report every one
-    # Cedar refuses, each with its own message.
+    # Cedar refuses, each with its own message. Against a set of just the templates:
+    # whether a link fits depends only on its template (ids already used were refused
+    # above), and copying that set per link costs far less than copying the whole bundle.
+    templates = {t.cedar_id: t.est_json for _, _, _, t in accepted}
+    alone = policy_set_from([], list(templates.items()))
     for (i, line, link, _), one in zip(accepted, batch, strict=True):
         try:
-            policy_set.with_linked_batch([one])
+            alone.with_linked_batch([one])
         except (ValueError, KeyError) as exc:
             problems.append(BundleProblem(LINKS, f"[{i}]: {exc}", line, link.new_id))
     return policy_set

@@ -87,17 +87,27 @@ def parse_files(
 
 
 def policy_set_of(files: Sequence[ParsedFile]) -> Any:
-    """One `cedarpy.PolicySet` of every file's policies under their bundle ids, built by
-    one Cedar call that releases the GIL (serialised per file, so no single step holds
-    the GIL for the whole bundle)."""
-    statics = [_members(f, template=False) for f in files]
-    templates = [_members(f, template=True) for f in files]
+    """One `cedarpy.PolicySet` of every file's policies under their bundle ids."""
+    policies = [p for f in files for p in f.policies]
+    return policy_set_from(
+        [(p.cedar_id, p.est_json) for p in policies if not p.is_template],
+        [(p.cedar_id, p.est_json) for p in policies if p.is_template],
+    )
+
+
+def policy_set_from(
+    statics: Sequence[tuple[str, str]], templates: Sequence[tuple[str, str]]
+) -> Any:
+    """A `cedarpy.PolicySet` of (id, Cedar JSON text) policies and templates, built by one
+    Cedar call that releases the GIL; the document is joined from each policy's text, so
+    no single step holds the GIL to serialise the whole set."""
+
+    def members(items: Sequence[tuple[str, str]]) -> str:
+        return ",".join(f"{json.dumps(k)}:{v}" for k, v in items)
+
     document = (
-        '{"staticPolicies":{'
-        + ",".join(s for s in statics if s)
-        + '},"templates":{'
-        + ",".join(t for t in templates if t)
-        + '},"templateLinks":[]}'
+        f'{{"staticPolicies":{{{members(statics)}}},'
+        f'"templates":{{{members(templates)}}},"templateLinks":[]}}'
     )
     return cedarpy.PolicySet.from_json_str(document, release_gil=True)
 
@@ -154,10 +164,3 @@ def _index(local_id: str) -> int | None:
     ):
         return None
     return int(digits)
-
-
-def _members(f: ParsedFile, *, template: bool) -> str:
-    """The `"id": policy` members of one file's policies (or templates), as JSON text."""
-    return ",".join(
-        f"{json.dumps(p.cedar_id)}:{p.est_json}" for p in f.policies if p.is_template is template
-    )

@@ -315,3 +315,17 @@ def test_generated_files_are_parsed_as_cedar_parses_them() -> None:
 
 def _order(src: Any) -> int:
     return int(src.cedar_id.removeprefix("policy"))
+
+
+def test_every_link_cedar_refuses_is_reported_on_its_line() -> None:
+    good = {"template_id": "share", "new_id": "ok", "values": {"?principal": _user}}
+    slot = {"template_id": "share", "new_id": "bad-slot", "values": {"?resource": _user}}
+    uid = {"template_id": "share", "new_id": "bad-uid", "values": {"?principal": {"type": "::"}}}
+    files = bundle_files({"t.cedar": TEMPLATE}, validation="off")
+    files["links.json"] = (
+        "[\n" + ",\n".join(json.dumps(x) for x in (good, slot, uid)) + "]"
+    ).encode()
+    with pytest.raises(BundleError) as err:
+        compile_files(files)
+    found = [(p.line, p.policy_id, p.message.split(":")[0]) for p in err.value.problems]
+    assert found == [(3, "bad-slot", "[1]"), (4, "bad-uid", "[2]")]
