@@ -17,6 +17,7 @@ with any problem is refused whole.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pdp.bundle_files import BundleFiles, read_bundle_files
 from pdp.errors import BundleError, BundleProblem
 from pdp.model import BundleVersion
-from pdp.policy_text import Statement, split_statements
+from pdp.policy_parse import ParsedFile, parse_files, policy_set_from, policy_set_of, validate
 from pdp.trust import RequestEntityRule, RequestTrust, compile_trust
 
 MANIFEST = "manifest.json"
@@ -36,6 +37,13 @@ SCHEMA_FILES = ("schema.cedarschema", "schema.cedarschema.json")
 ENTITIES = "entities.json"
 LINKS = "links.json"
 MAX_LOCATED = 10  # entity problems reported at most: enough to act on, bounded in size
+# The characters of a policy id (`@id`) or link `new_id`. Cedar names a policy in an
+# evaluation error only inside message text (`policy `ID`: ...`), so an id holding a
+# backtick, `: ` or anything else unusual could make an error name another policy.
+ID_CHARS = "A-Za-z0-9_.:/-"
+ID_PATTERN = f"^[{ID_CHARS}]+$"
+MAX_ID = 200
+_ID = re.compile(ID_PATTERN)
 
 
 class Manifest(BaseModel):
@@ -88,7 +96,7 @@ class Link(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     template_id: str = Field(min_length=1)
-    new_id: str = Field(min_length=1)
+    new_id: str = Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)
     values: dict[Literal["?principal", "?resource"], dict[str, str]]
 
 
@@ -99,11 +107,17 @@ class PolicySource:
     cedar_id: str  # Cedar's positional id (policy0, ...) or a link's new_id
     policy_id: str  # @id annotation where present, else cedar_id
     file: str
-    line: int
-    text: str  # the statement, or for a link the template's statement
+    line: int | None  # None where Cedar's count and the message locator's disagree
+    est_json: str  # Cedar's JSON form of the policy, or for a link its template's
     effect: str  # "permit" | "forbid"
     is_template: bool = False
     template_id: str | None = None  # for links: the template's policy_id
+
+    @property
+    def est(self) -> dict[str, Any]:
+        """The policy in Cedar's JSON form (parsed on each call: it is kept as text)."""
+        est: dict[str, Any] = json.loads(self.est_json)
+        return est
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,10 @@ class Bundle:
         src = self.policies.get(cedar_id)
         return src is not None and src.effect == "forbid"
 
+    def is_permit(self, cedar_id: str) -> bool:
+        src = self.policies.get(cedar_id)
+        return src is not None and src.effect == "permit" and not src.is_template
+
 
 def load_bundle(path: Path) -> Bundle:
     return compile_bundle(read_bundle_files(path))
@@ -138,13 +156,11 @@ def compile_bundle(files: BundleFiles) -> Bundle:
     manifest = _manifest(files, problems)
     schema = _schema(files, problems)
     # Policies that parse are still validated when others do not, so one run reports all.
-    statements = _statements(files, problems)
-    text = "".join(s.text for _, s in statements)
-    policy_set = cedarpy.PolicySet.from_str(text, release_gil=True)
-    policies = _sources(text, statements, problems)
+    parsed = parse_files(_policy_texts(files, problems), problems)
+    policies = _sources(parsed, problems)
     if schema is not None and (manifest is None or manifest.validation == "strict"):
-        _validate(text, schema, policies, problems)
-    policy_set = _link(files, policy_set, policies, problems)
+        _validate(parsed, schema, policies, problems)
+    policy_set = _link(files, _policy_set(parsed, problems), policies, problems)
     entities = _entities(files, schema, problems) if schema is not None else None
     trust = None
     if manifest is not None and entities is not None:
@@ -199,75 +215,71 @@ def _schema(files: BundleFiles, problems: list[BundleProblem]) -> Any:
     return None
 
 
-def _statements(files: BundleFiles, problems: list[BundleProblem]) -> list[tuple[str, Statement]]:
-    out: list[tuple[str, Statement]] = []
+def _policy_set(parsed: list[ParsedFile], problems: list[BundleProblem]) -> Any:
+    try:
+        return policy_set_of(parsed)
+    except ValueError as exc:  # Cedar refusing its own JSON form: refuse the bundle
+        problems.append(BundleProblem("(policies)", f"policy set: {exc}"))
+        return policy_set_of([])
+
+
+def _policy_texts(files: BundleFiles, problems: list[BundleProblem]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
     for name in sorted(f for f in files.files if f.endswith(".cedar")):
         try:
-            text = files.text(name)
+            out.append((name, files.text(name)))
         except BundleError as exc:
             problems.extend(exc.problems)
-            continue
-        for stmt in split_statements(text):
-            if not stmt.text.rstrip().endswith(";"):
-                problems.append(BundleProblem(name, "unterminated policy (missing `;`)", stmt.line))
-                continue
-            try:
-                cedarpy.PolicySet.from_str(stmt.text)
-            except ValueError as exc:
-                problems.append(BundleProblem(name, f"parse error: {exc}", stmt.line))
-                continue
-            out.append((name, stmt))
     return out
 
 
-def _sources(
-    text: str, statements: list[tuple[str, Statement]], problems: list[BundleProblem]
-) -> dict[str, PolicySource]:
-    """Map Cedar's positional ids to files, lines and @id annotations."""
-    est = json.loads(cedarpy.policies_to_json_str(text))
-    kinds = {pid: (p, False) for pid, p in est.get("staticPolicies", {}).items()}
-    kinds.update({pid: (p, True) for pid, p in est.get("templates", {}).items()})
+def _sources(parsed: list[ParsedFile], problems: list[BundleProblem]) -> dict[str, PolicySource]:
+    """Each policy by its bundle id, with its file, line and @id annotation."""
     sources: dict[str, PolicySource] = {}
     seen: dict[str, PolicySource] = {}
-    for i, (name, stmt) in enumerate(statements):
-        cedar_id = f"policy{i}"
-        policy, is_template = kinds[cedar_id]
-        annotated = policy.get("annotations", {}).get("id")
-        src = PolicySource(
-            cedar_id,
-            annotated or cedar_id,
-            name,
-            stmt.line,
-            stmt.text.strip(),
-            policy["effect"],
-            is_template,
-        )
-        if src.policy_id in seen:
-            first = seen[src.policy_id]
-            problems.append(
-                BundleProblem(
-                    name,
-                    f"duplicate policy id (first at {first.file}:{first.line})",
-                    stmt.line,
-                    src.policy_id,
-                )
+    for f in parsed:
+        for p in f.policies:
+            annotated = p.id_annotation
+            src = PolicySource(
+                p.cedar_id,
+                annotated or p.cedar_id,
+                f.name,
+                p.line,
+                p.est_json,
+                p.effect,
+                p.is_template,
             )
-        seen[src.policy_id] = src
-        sources[cedar_id] = src
+            if annotated and not (len(annotated) <= MAX_ID and _ID.match(annotated)):
+                problems.append(BundleProblem(f.name, _BAD_ID, p.line, repr(annotated)))
+            elif src.policy_id in seen:
+                first = seen[src.policy_id]
+                where = first.file if first.line is None else f"{first.file}:{first.line}"
+                problems.append(
+                    BundleProblem(
+                        f.name, f"duplicate policy id (first at {where})", p.line, src.policy_id
+                    )
+                )
+            seen[src.policy_id] = src
+            sources[p.cedar_id] = src
     return sources
 
 
+_BAD_ID = f"@id may hold only the characters [{ID_CHARS}], at most {MAX_ID} of them"
+
+
 def _validate(
-    text: str, schema: Any, sources: Mapping[str, PolicySource], problems: list[BundleProblem]
+    parsed: list[ParsedFile],
+    schema: Any,
+    sources: Mapping[str, PolicySource],
+    problems: list[BundleProblem],
 ) -> None:
-    result = cedarpy.validate_policies(text, schema, release_gil=True)
     found: dict[BundleProblem, None] = {}  # Cedar may repeat an error; report each once
-    for err in result.errors:
-        src = sources.get(err.policy_id)
+    for name, cedar_id, message in validate(parsed, schema):
+        src = sources.get(cedar_id) if cedar_id else None
         if src is None:
-            found[BundleProblem("(policies)", err.error, None, err.policy_id or None)] = None
+            found[BundleProblem(name, message)] = None
         else:
-            found[BundleProblem(src.file, err.error, src.line, src.policy_id)] = None
+            found[BundleProblem(src.file, message, src.line, src.policy_id)] = None
     problems.extend(found)
 
 
@@ -286,7 +298,8 @@ def _link(
         problems.append(BundleProblem(LINKS, f"invalid: must be a JSON list of links ({exc})"))
         return policy_set
     by_policy_id = {s.policy_id: s for s in sources.values() if s.is_template}
-    ids = {s.policy_id for s in sources.values()}
+    ids = {s.policy_id for s in sources.values()} | sources.keys()
+    accepted: list[tuple[int, int, Link, PolicySource]] = []
     for i, (line, item) in enumerate(raw):
         try:
             link = Link.model_validate(item)
@@ -302,22 +315,48 @@ def _link(
         if link.new_id in ids:
             problems.append(BundleProblem(LINKS, f"[{i}]: id {link.new_id!r} already used", line))
             continue
-        try:
-            policy_set = policy_set.with_linked(template.cedar_id, link.new_id, link.values)
-        except (ValueError, KeyError) as exc:
-            problems.append(BundleProblem(LINKS, f"[{i}]: {exc}", line, link.new_id))
-            continue
         ids.add(link.new_id)
+        accepted.append((i, line, link, template))
+    linked = _link_all(policy_set, accepted, problems)
+    for _, line, link, template in accepted:
         sources[link.new_id] = PolicySource(
             link.new_id,
             link.new_id,
             LINKS,
             line,
-            template.text,
+            template.est_json,
             template.effect,
             False,
             template.policy_id,
         )
+    return linked
+
+
+def _link_all(
+    policy_set: Any,
+    accepted: list[tuple[int, int, Link, PolicySource]],
+    problems: list[BundleProblem],
+) -> Any:
+    """Every link in one Cedar call (one copy of the set, not one per link)."""
+    batch = [
+        {"template_id": t.cedar_id, "new_id": link.new_id, "values": link.values}
+        for _, _, link, t in accepted
+    ]
+    try:
+        return policy_set.with_linked_batch(batch) if batch else policy_set
+    except (ValueError, KeyError):
+        pass
+    # All or nothing: on this error path only, try each link alone to report every one
+    # Cedar refuses, each with its own message. Against a set of just the templates:
+    # whether a link fits depends only on its template (ids already used were refused
+    # above), and copying that set per link costs far less than copying the whole bundle.
+    templates = {t.cedar_id: t.est_json for _, _, _, t in accepted}
+    alone = policy_set_from([], list(templates.items()))
+    for (i, line, link, _), one in zip(accepted, batch, strict=True):
+        try:
+            alone.with_linked_batch([one])
+        except (ValueError, KeyError) as exc:
+            problems.append(BundleProblem(LINKS, f"[{i}]: {exc}", line, link.new_id))
     return policy_set
 
 

@@ -31,6 +31,9 @@ from pdp.model import (
 )
 from pdp.trust import check_request_entities
 
+# Cedar names the policy of an evaluation error only in the message text. Bundle ids
+# hold no backtick (`pdp.bundle.ID_CHARS`), so the id is exactly the text up to the
+# first one; an id the bundle does not know blocks an Allow.
 _POLICY_ERROR = re.compile(r"^error while evaluating policy `(?P<id>[^`]*)`: (?P<msg>.*)$", re.S)
 _REQUEST_ERROR = "failed to build request"  # how Cedar reports a request the schema refuses
 _FIELDS = ("context", "principal", "resource", "action", "entities")
@@ -179,12 +182,15 @@ def _result(bundle: Bundle, outcome: Mapping[str, Any], index: int) -> CheckResu
     reasons: list[str] = list(diagnostics.get("reason") or [])
     decision = Decision.ALLOW if verdict == "Allow" else Decision.DENY
     if decision is Decision.ALLOW:
-        # Fail closed: an error outside any policy, or (by default) in a forbid.
+        # Fail closed: an error that names no policy of the bundle, or (by default) any
+        # policy but a permit. Only an errored permit is known not to matter: Cedar skips
+        # it, and a skipped permit never grants.
+        skip = bundle.manifest.forbid_errors == "skip"
         blocking = [
             cedar_id
             for cedar_id, _ in errored
-            if not cedar_id
-            or (bundle.manifest.forbid_errors == "deny" and bundle.is_forbid(cedar_id))
+            if cedar_id not in bundle.policies
+            or not (bundle.is_permit(cedar_id) or (skip and bundle.is_forbid(cedar_id)))
         ]
         if blocking:
             decision, reasons = Decision.DENY, [b for b in blocking if b]

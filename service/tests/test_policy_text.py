@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,7 +34,9 @@ policy = st.builds(
         max_size=10,
     ),
     st.text(
-        alphabet=st.characters(blacklist_characters="\n", blacklist_categories=["Cs"]), max_size=10
+        # a bare \r ends a comment, as in Cedar
+        alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]),
+        max_size=10,
     ),
 )
 
@@ -46,5 +50,15 @@ def test_splitting_is_lossless_and_counts_policies(policies: list[str]) -> None:
         "".join(s.text for s in statements) == text.rstrip("\n")
         or "".join(s.text for s in statements) + "\n" == text
     )
-    lines = [1 + sum(p.count("\n") for p in policies[:i]) + 1 for i in range(len(policies))]
+    # a line ends at \r\n, \n or a bare \r (strings may hold a raw \r)
+    breaks = [len(re.findall(r"\r\n|\r|\n", p)) for p in policies]
+    lines = [1 + sum(breaks[:i]) + 1 for i in range(len(policies))]
     assert [s.line for s in statements] == lines
+
+
+def test_a_bare_carriage_return_ends_a_comment_and_a_line() -> None:
+    text = (
+        'permit(principal, action, resource);\n// c\r@id("b")\rforbid(principal, action, resource);'
+    )
+    [a, b] = split_statements(text)
+    assert (a.line, b.line) == (1, 3) and b.text.startswith("\n// c\r@id")

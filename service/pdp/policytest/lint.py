@@ -24,8 +24,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import cedarpy
-
 from pdp.bundle import Bundle, PolicySource, load_bundle
 from pdp.errors import BundleError
 
@@ -37,11 +35,12 @@ class Finding:
     rule: str
     policy_id: str
     file: str
-    line: int
+    line: int | None  # None where the bundle could not place the policy on a line
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line} [{self.policy_id}] {self.rule}: {self.message}"
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where} [{self.policy_id}] {self.rule}: {self.message}"
 
 
 def lint(
@@ -52,14 +51,14 @@ def lint(
 ) -> list[Finding]:
     today = today or date.today()
     sources = [s for s in bundle.policies.values() if s.template_id is None]  # links: see template
-    parsed = {s.cedar_id: _est(s) for s in sources}
+    parsed = {s.cedar_id: s.est for s in sources}
     forbids = [
         (s, parsed[s.cedar_id])
         for s in sources
         if s.effect == "forbid" and not s.is_template and not parsed[s.cedar_id].get("conditions")
     ]
     found: list[Finding] = []
-    for src in sorted(sources, key=lambda s: (s.file, s.line)):
+    for src in sorted(sources, key=lambda s: (s.file, s.line or 0)):
         est = parsed[src.cedar_id]
         notes: Mapping[str, str] = est.get("annotations") or {}
 
@@ -82,7 +81,7 @@ def lint(
             )
         for forbid, f_est in forbids:
             if all(_contains(f_est[v], est[v], v) for v in _VARS):
-                where = f"{forbid.file}:{forbid.line}"
+                where = forbid.file if forbid.line is None else f"{forbid.file}:{forbid.line}"
                 add(
                     "permit-always-overridden",
                     f"the unconditioned forbid {forbid.policy_id} ({where}) covers its whole scope",
@@ -108,16 +107,6 @@ def _review(value: str, today: date, max_age_days: int, add: Any) -> None:
         )
     elif age < 0:
         add("invalid-reviewed", f"@reviewed({value!r}) is in the future (today is {today})")
-
-
-def _est(src: PolicySource) -> dict[str, Any]:
-    """A policy (or template) in Cedar's JSON form."""
-    est = json.loads(cedarpy.policies_to_json_str(src.text))
-    policy: dict[str, Any] = [
-        *est.get("staticPolicies", {}).values(),
-        *est.get("templates", {}).values(),
-    ][0]
-    return policy
 
 
 def _contains(outer: Scope, inner: Scope, var: str) -> bool:

@@ -58,7 +58,7 @@ class Mutation:
 
 
 def mutants(files: BundleFiles, bundle: Bundle) -> Iterator[Mutant]:
-    for src in sorted(bundle.policies.values(), key=lambda s: (s.file, s.line, s.policy_id)):
+    for src in sorted(bundle.policies.values(), key=lambda s: (s.file, s.line or 0, s.policy_id)):
         if src.template_id is not None:
             yield Mutant("unlink", src.policy_id, LINKS, None, _unlink(files, src.policy_id))
             continue

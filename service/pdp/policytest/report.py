@@ -23,7 +23,7 @@ def policy_places(bundle: Bundle) -> dict[str, str]:
         if src.template_id is not None:
             out[src.policy_id] = f"link of template {src.template_id}"
         else:
-            out[src.policy_id] = f"{src.file}:{src.line}"
+            out[src.policy_id] = src.file if src.line is None else f"{src.file}:{src.line}"
     return out
 
 

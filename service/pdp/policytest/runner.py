@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import cedarpy
 
 from pdp.bundle import Bundle
 from pdp.engine import evaluate
@@ -120,7 +117,5 @@ def policy_annotations(bundle: Bundle) -> dict[str, dict[str, str]]:
     """Each policy's (and link's: its template's) annotations, by the id decisions report."""
     out: dict[str, dict[str, str]] = {}
     for src in bundle.policies.values():
-        est = json.loads(cedarpy.policies_to_json_str(src.text))
-        found = [*est.get("staticPolicies", {}).values(), *est.get("templates", {}).values()]
-        out[src.policy_id] = dict(found[0].get("annotations", {})) if found else {}
+        out[src.policy_id] = dict(src.est.get("annotations") or {})
     return out
