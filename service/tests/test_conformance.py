@@ -51,6 +51,8 @@ from .support import TESTDATA, ServerProcess, pdp_command, running_server
 
 ARCHIVE = TESTDATA / "cedar-conformance.tar.xz"
 HANDWRITTEN, CORPUS = "cedar", "cedar-corpus"  # the archive's two folders
+PROVENANCE = ("LICENSE", "NOTICE", "README.md")  # in each folder: the data travels with them
+NAMED = ("policies", "schema", "entities")  # the files a test file names
 
 HANDWRITTEN_FILES, HANDWRITTEN_REQUESTS = 22, 74
 CORPUS_FILES, CORPUS_REQUESTS = 2_000, 16_000
@@ -183,8 +185,6 @@ def _tests(files: Mapping[str, bytes], folder: str, subdir: str) -> list[str]:
 @pytest.fixture(scope="module")
 def suites() -> Suites:
     files = _read_archive(ARCHIVE)
-    for folder in (HANDWRITTEN, CORPUS):  # the data travels with its licence
-        assert {f"{folder}/LICENSE", f"{folder}/NOTICE"} <= set(files), folder
     handwritten = [
         _load(files, HANDWRITTEN, label, f"cedar-{path.parent.name}-{path.stem}")
         for label in _tests(files, HANDWRITTEN, "tests")
@@ -196,6 +196,12 @@ def suites() -> Suites:
     ]
     assert len(handwritten) == HANDWRITTEN_FILES, f"hand-written test files: {len(handwritten)}"
     assert len(corpus) == CORPUS_FILES, f"corpus test files: {len(corpus)}"
+    # The archive holds what the tests read and its provenance, nothing else.
+    used = {f"{folder}/{name}" for folder in (HANDWRITTEN, CORPUS) for name in PROVENANCE}
+    for test in [*handwritten, *corpus]:
+        folder = test.label.split("/", 1)[0]
+        used |= {test.label, *(f"{folder}/{test.data[k]}" for k in NAMED)}
+    assert used == set(files), sorted(set(files) ^ used)[:REPORT_FIRST]
     return Suites(handwritten, corpus)
 
 
