@@ -310,10 +310,19 @@ def _header_size(header: bytes, name: str) -> int:
 
 def build_archive(bundle: BundleFiles) -> bytes:
     """A reproducible .tar.gz: sorted members, fixed mtimes, owners and modes."""
+    out = io.BytesIO()
+    # mtime=0 and no file name keep the gzip header byte-identical across runs.
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
+        gz.write(reproducible_tar(bundle.files))
+    return out.getvalue()
+
+
+def reproducible_tar(files: Mapping[str, bytes]) -> bytes:
+    """An uncompressed tar of `files`: sorted members, fixed mtimes, owners and modes."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in sorted(bundle.files):
-            data = bundle.files[rel]
+        for rel in sorted(files):
+            data = files[rel]
             info = tarfile.TarInfo(rel)
             info.size = len(data)
             info.mtime = 0
@@ -321,8 +330,4 @@ def build_archive(bundle: BundleFiles) -> bytes:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(data))
-    out = io.BytesIO()
-    # mtime=0 and no file name keep the gzip header byte-identical across runs.
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
-        gz.write(raw.getvalue())
-    return out.getvalue()
+    return raw.getvalue()

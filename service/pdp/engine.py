@@ -224,8 +224,3 @@ def _field_of(message: str) -> str:
     lowered = message.lower()
     positions = [(lowered.find(f), f) for f in _FIELDS if f in lowered]
     return min(positions)[1] if positions else "request"
-
-
-def entities_json(entities: Sequence[Mapping[str, Any]]) -> RequestEntities:
-    """Request entities from Cedar JSON entity objects."""
-    return RequestEntities(json.dumps(list(entities), separators=(",", ":")))

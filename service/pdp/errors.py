@@ -2,7 +2,6 @@
 
     PdpError
     ├── InvalidRequest      a request field is malformed or does not match the schema
-    ├── RequestTooLarge     a request exceeds a size or count limit
     ├── UnknownTenant       no bundle is loaded for the named tenant
     ├── NotReady            no bundle is active yet, or the server is shutting down
     └── BundleError         a bundle failed to load; carries every `BundleProblem`
@@ -48,10 +47,6 @@ class InvalidRequest(PdpError):
     def within(self, prefix: str) -> InvalidRequest:
         """The same error, with its field named inside `prefix` (e.g. a batch item)."""
         return InvalidRequest(f"{prefix}.{self.field}", self.reason)
-
-
-class RequestTooLarge(PdpError):
-    code = Code.RESOURCE_EXHAUSTED
 
 
 class UnknownTenant(PdpError):

@@ -64,6 +64,22 @@ def add_commands(sub: Any) -> None:
         metavar="ANNOTATION",
         help="annotations every policy needs (default: owner, reviewed)",
     )
+    lint.add_argument(
+        "--ledger",
+        type=Path,
+        metavar="FILE",
+        help="review ledger (default: policy_tests/reviews.json beside the bundle, if present)",
+    )
+    lint.add_argument(
+        "--record-reviews",
+        action="store_true",
+        help="write the ledger: each policy's text hash and @reviewed date, as reviewed now",
+    )
+    lint.add_argument(
+        "--strict",
+        action="store_true",
+        help="advisory findings (stale-review, review-not-recorded) fail the run too",
+    )
     lint.set_defaults(func=run_lint)
 
 
@@ -117,6 +133,9 @@ def run_lint(args: argparse.Namespace) -> int:
         max_age_days=args.max_review_age,
         required=tuple(args.require) if args.require else ("owner", "reviewed"),
         as_json=args.format == "json",
+        ledger=args.ledger,
+        record=args.record_reviews,
+        strict=args.strict,
     )
     sys.stdout.write(text)
     return code

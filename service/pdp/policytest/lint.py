@@ -1,5 +1,7 @@
 """`pdp lint`: policies without @id, unconditioned permits, permits a forbid always overrides,
-missing owner/review annotations and reviews older than the allowed age.
+missing owner/review annotations, reviews older than the allowed age (advisory unless
+`--strict`: the date alone never fails CI) and policies changed without a fresh review
+(against the review ledger, see reviews.py).
 
 "Always overridden" is decided soundly and simply: a permit is flagged only when some
 forbid has no `when`/`unless` condition and a scope that contains the permit's scope,
@@ -26,6 +28,11 @@ from typing import Any
 
 from pdp.bundle import Bundle, PolicySource, load_bundle
 from pdp.errors import BundleError
+from pdp.policytest import reviews
+
+# Reported, but failing the run only with --strict: they depend on the date, or on a
+# ledger update that lint itself cannot make.
+ADVISORY = frozenset({"stale-review", "review-not-recorded"})
 
 Scope = Mapping[str, Any]
 
@@ -48,6 +55,7 @@ def lint(
     today: date | None = None,
     max_age_days: int = 90,
     required: tuple[str, ...] = ("owner", "reviewed"),
+    ledger: tuple[reviews.Ledger, Path] | None = None,
 ) -> list[Finding]:
     today = today or date.today()
     sources = [s for s in bundle.policies.values() if s.template_id is None]  # links: see template
@@ -72,6 +80,8 @@ def lint(
                 add(f"missing-{key}", f"no @{key} annotation")
         if "reviewed" in notes:
             _review(notes["reviewed"] or "", today, max_age_days, add)
+        if ledger is not None:
+            reviews.check(*ledger, src, notes.get("reviewed"), add)
         if src.effect != "permit":
             continue
         if not est.get("conditions") and all(est[v]["op"] == "All" for v in _VARS):
@@ -149,21 +159,64 @@ def lint_report(
     max_age_days: int = 90,
     required: tuple[str, ...] = ("owner", "reviewed"),
     as_json: bool = False,
+    ledger: Path | None = None,
+    record: bool = False,
+    strict: bool = False,
 ) -> tuple[str, int]:
-    """The lint output for a bundle on disk, and the exit code (0 clean, 1 findings, 2 invalid)."""
+    """The lint output for a bundle on disk, and the exit code (0 clean, 1 findings that
+    fail, 2 invalid bundle or ledger).
+
+    `ledger` None means `policy_tests/reviews.json` beside the bundle, checked if it
+    exists; a ledger named explicitly must exist. `record` (re)writes it first.
+    """
     try:
         bundle = load_bundle(path)
     except BundleError as exc:
-        if as_json:
-            problems = [str(p) for p in exc.problems]
-            return json.dumps({"bundle": str(path), "invalid": problems}, indent=2) + "\n", 2
-        return f"INVALID bundle: {exc.message}\n", 2
-    findings = lint(bundle, today, max_age_days, required)
-    code = 1 if findings else 0
+        return _invalid(path, [str(p) for p in exc.problems], f"bundle: {exc.message}", as_json)
+    ledger_path = ledger or reviews.default_ledger(path)
+    notes = ""
+    if record:
+        count = reviews.record(ledger_path, bundle, _annotations(bundle))
+        notes = f"recorded {count} policies and templates in {ledger_path}\n"
+    checked: tuple[reviews.Ledger, Path] | None = None
+    if record or ledger is not None or ledger_path.exists():
+        try:
+            checked = (reviews.load(ledger_path, bundle), ledger_path)
+        except reviews.LedgerError as exc:
+            return _invalid(path, [str(exc)], f"ledger: {exc}", as_json)
+    findings = lint(bundle, today, max_age_days, required, checked)
+    failing = [f for f in findings if strict or f.rule not in ADVISORY]
+    code = 1 if failing else 0
     if as_json:
-        body = {"bundle": str(path), "findings": [asdict(f) for f in findings]}
+        body = {
+            "bundle": str(path),
+            "ledger": None if checked is None else str(ledger_path),
+            "findings": [{**asdict(f), "fails": f in failing} for f in findings],
+        }
         return json.dumps(body, indent=2) + "\n", code
     lines = [str(f) for f in findings]
     policies = sum(1 for s in bundle.policies.values() if s.template_id is None)
-    lines.append(f"{path}: {len(findings)} finding(s) in {policies} policies and templates")
-    return "\n".join(lines) + "\n", code
+    summary = f"{path}: {len(findings)} finding(s) in {policies} policies and templates"
+    if len(failing) < len(findings):
+        advisory = sorted({f.rule for f in findings if f not in failing})
+        summary += (
+            f" ({len(findings) - len(failing)} advisory: {', '.join(advisory)}; "
+            "--strict fails on them)"
+        )
+    lines.append(summary)
+    return notes + "\n".join(lines) + "\n", code
+
+
+def _invalid(path: Path, problems: list[str], what: str, as_json: bool) -> tuple[str, int]:
+    """Exit 2, naming what is invalid: "bundle: ..." or "ledger: ..."."""
+    if as_json:
+        return json.dumps({"bundle": str(path), "invalid": problems}, indent=2) + "\n", 2
+    return f"INVALID {what}\n", 2
+
+
+def _annotations(bundle: Bundle) -> dict[str, Mapping[str, str]]:
+    return {
+        s.cedar_id: _est(s).get("annotations") or {}
+        for s in bundle.policies.values()
+        if s.template_id is None
+    }

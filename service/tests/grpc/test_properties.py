@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -106,49 +109,333 @@ def requests(draw: st.DrawFn) -> pb.CheckRequest:
     return req
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+# --- from Allow to malformed -------------------------------------------------------
+#
+# Random requests alone almost never get near an Allow, so "malformed is never Allow" would
+# hold even for a server that ignored malformations. These start from requests the docs
+# bundle allows, make changes that keep them allowed (checked), then break them in one or
+# more ways each of which must be refused (or at worst denied).
+
+
+def _uid(type_: str, id_: str) -> vpb.EntityUid:
+    return vpb.EntityUid(type=type_, id=id_)
+
+
+def _allowed(principal: str, action: str, resource: str, **context: vpb.Value) -> pb.CheckRequest:
+    return pb.CheckRequest(
+        tenant="docs",
+        principal=_uid("User", principal),
+        action=_uid("Action", action),
+        resource=_uid("Document", resource),
+        context=context,
+    )
+
+
+ALLOWED = [
+    _allowed("alice", "read", "doc1"),  # owner-all, read-public
+    _allowed("alice", "edit", "doc1", mfa=vpb.Value(bool=True)),  # owner-all
+    _allowed("bob", "read", "doc1"),  # read-public
+    _allowed("bob", "read", "doc2"),  # the share-doc2-with-bob link
+    _allowed("alice", "edit", "doc2", mfa=vpb.Value(bool=True), score=vpb.Value(decimal="0.9")),
+]
+# Optional context attributes the schema declares, with values it accepts.
+OPTIONAL_CONTEXT = {
+    "ip": vpb.Value(ipaddr="10.1.2.3"),
+    "at": vpb.Value(datetime="2026-11-29T10:00:00Z"),
+    "ttl": vpb.Value(duration="1h30m"),
+    "tags": vpb.Value(set=vpb.SetValue(values=[vpb.Value(string="x"), vpb.Value(string="")])),
+}
+A_NEW_USER = vpb.Entity(
+    uid=_uid("User", "zed"),
+    attrs={"org": vpb.Value(entity=_uid("Org", "globex")), "level": vpb.Value(long=1)},
 )
-@given(req=requests())
-def test_malformed_requests_are_never_allowed(
-    stub: pb_grpc.AuthorizationServiceStub, req: pb.CheckRequest
-) -> None:
+
+
+def _as_json(v: vpb.Value) -> Any:
+    """A typed value as Cedar JSON with explicit escapes (what context_json accepts)."""
+    kind = v.WhichOneof("kind")
+    if kind in ("bool", "long", "string"):
+        return getattr(v, kind)
+    if kind == "set":
+        return [_as_json(x) for x in v.set.values]
+    if kind == "record":
+        return {k: _as_json(x) for k, x in v.record.fields.items()}
+    if kind == "entity":
+        return {"__entity": {"type": v.entity.type, "id": v.entity.id}}
+    fn = {"ipaddr": "ip"}.get(str(kind), str(kind))
+    return {"__extn": {"fn": fn, "arg": getattr(v, str(kind))}}
+
+
+@st.composite
+def harmless(draw: st.DrawFn, req: pb.CheckRequest) -> pb.CheckRequest:
+    """The same request with changes that keep its decision Allow."""
+    out = pb.CheckRequest()
+    out.CopyFrom(req)
+    for name in draw(st.lists(st.sampled_from(sorted(OPTIONAL_CONTEXT)), unique=True)):
+        out.context[name].CopyFrom(OPTIONAL_CONTEXT[name])
+    if draw(st.booleans()):
+        out.entities.append(A_NEW_USER)
+    if draw(st.booleans()):  # the context as Cedar JSON instead of typed values
+        out.context_json = json.dumps({k: _as_json(v) for k, v in out.context.items()})
+        out.ClearField("context")
+    return out
+
+
+def _set_context(req: pb.CheckRequest, name: str, v: vpb.Value) -> None:
+    try:
+        existing = json.loads(req.context_json) if req.context_json else None
+    except ValueError:
+        existing = None  # already broken by another change
+    if isinstance(existing, dict):  # keep one form: typed and JSON together is its own break
+        req.context_json = json.dumps({**existing, name: _as_json(v)})
+    else:
+        req.context[name].CopyFrom(v)
+
+
+def _deep(depth: int) -> vpb.Value:
+    v = vpb.Value(bool=True)
+    for _ in range(depth):
+        v = vpb.Value(set=vpb.SetValue(values=[v]))
+    return v
+
+
+# Each breaks a request so that it must not be decided as asked: (name, change).
+MALFORMATIONS: list[tuple[str, Any]] = [
+    ("no principal", lambda r, d: r.ClearField("principal")),
+    ("no action", lambda r, d: r.ClearField("action")),
+    ("no resource", lambda r, d: r.ClearField("resource")),
+    ("empty type", lambda r, d: setattr(r.principal, "type", "")),
+    (
+        "bad type name",
+        lambda r, d: setattr(
+            r.resource,
+            "type",
+            d(st.sampled_from(["Doc ument", "1Document", "Document::", "::Document"])),
+        ),
+    ),
+    ("principal of the wrong type", lambda r, d: r.principal.CopyFrom(_uid("Document", "doc1"))),
+    (
+        "unknown action",
+        lambda r, d: setattr(r.action, "id", d(st.sampled_from(["delete", "READ", "read "]))),
+    ),
+    (
+        "unknown tenant",
+        lambda r, d: setattr(
+            r, "tenant", d(st.sampled_from(["nope", "d\x00cs", "docs/..", "DOCS"]))
+        ),
+    ),
+    ("value without a type", lambda r, d: r.context["mfa"].CopyFrom(vpb.Value())),
+    (
+        "mfa not a bool",
+        lambda r, d: _set_context(
+            r, "mfa", d(st.sampled_from([vpb.Value(string="true"), vpb.Value(long=1)]))
+        ),
+    ),
+    (
+        "undeclared context attribute",
+        lambda r, d: _set_context(
+            r, d(st.sampled_from(["admin", "Mfa", ""])), vpb.Value(bool=True)
+        ),
+    ),
+    (
+        "bad decimal",
+        lambda r, d: _set_context(
+            r, "score", vpb.Value(decimal=d(st.sampled_from(["lots", "0.99999", "1e3", ""])))
+        ),
+    ),
+    (
+        "bad ipaddr",
+        lambda r, d: _set_context(
+            r, "ip", vpb.Value(ipaddr=d(st.sampled_from(["999.0.0.1", "10.0.0.0/33", "localhost"])))
+        ),
+    ),
+    (
+        "bad datetime",
+        lambda r, d: _set_context(
+            r,
+            "at",
+            vpb.Value(
+                datetime=d(st.sampled_from(["yesterday", "2026-13-01", "2026-11-29T25:00:00Z"]))
+            ),
+        ),
+    ),
+    (
+        "bad duration",
+        lambda r, d: _set_context(
+            r, "ttl", vpb.Value(duration=d(st.sampled_from(["forever", "1y", "h1"])))
+        ),
+    ),
+    ("nested too deep", lambda r, d: _set_context(r, "tags", _deep(40))),
+    (
+        "context and context_json",
+        lambda r, d: (
+            r.context["mfa"].CopyFrom(vpb.Value(bool=True)),
+            setattr(r, "context_json", d(st.sampled_from(["{}", '{"mfa": true}']))),
+        ),
+    ),
+    (
+        "context_json not an object",
+        lambda r, d: (
+            r.ClearField("context"),
+            setattr(r, "context_json", d(st.sampled_from(["[]", "true", "{", '"{}"', "null"]))),
+        ),
+    ),
+    (
+        "entities_json not a list",
+        lambda r, d: setattr(
+            r, "entities_json", d(st.sampled_from(["{}", "[", "null", '[{"uid": 1}]']))
+        ),
+    ),
+    (
+        "redefines a base entity",
+        lambda r, d: r.entities.add(
+            uid=_uid("User", r.principal.id or "alice"),
+            attrs={
+                "org": vpb.Value(entity=_uid("Org", "acme")),
+                "level": vpb.Value(long=d(st.sampled_from([0, 10, 99]))),
+            },
+        ),
+    ),
+    (
+        "entity attribute of the wrong type",
+        lambda r, d: r.entities.add(
+            uid=_uid("User", "zed"),
+            attrs={"org": vpb.Value(string="acme"), "level": vpb.Value(long=1)},
+        ),
+    ),
+    ("entity of an undeclared type", lambda r, d: r.entities.add(uid=_uid("Robot", "r2"))),
+    (
+        "parent of a type the schema forbids",
+        lambda r, d: r.entities.add(
+            uid=_uid("User", "zed"), attrs=A_NEW_USER.attrs, parents=[_uid("Document", "doc1")]
+        ),
+    ),
+]
+BATCH_WIDE = {"unknown tenant"}  # a batch item has no tenant of its own
+
+
+@dataclass(frozen=True)
+class Case:
+    allowed: pb.CheckRequest  # a seed the bundle allows
+    harmless: pb.CheckRequest  # the seed, changed harmlessly: still allowed
+    malformed: pb.CheckRequest  # the harmless request, broken
+    breaks: tuple[str, ...]
+
+
+@st.composite
+def malformed_cases(draw: st.DrawFn, batch_item: bool = False) -> Case:
+    allowed = draw(st.sampled_from(ALLOWED))
+    still = draw(harmless(allowed))
+    broken = pb.CheckRequest()
+    broken.CopyFrom(still)
+    choices = [m for m in MALFORMATIONS if not (batch_item and m[0] in BATCH_WIDE)]
+    breaks = draw(
+        st.lists(st.sampled_from(choices), min_size=1, max_size=3, unique_by=lambda m: m[0])
+    )
+    for _, change in breaks:
+        change(broken, draw)
+    return Case(allowed, still, broken, tuple(name for name, _ in breaks))
+
+
+def _decision(stub: pb_grpc.AuthorizationServiceStub, req: pb.CheckRequest) -> str:
+    """ALLOW / DENY, or the refusal's status (asserted to be one the API documents)."""
     try:
         r = stub.Check(req, timeout=10)
     except grpc.RpcError as exc:
         assert exc.code() in REFUSALS, (exc.code(), exc.details())
         assert exc.details()  # a refusal always says why
-        event(f"refused {exc.code().name} {exc.details().split(':')[0]}")
-        return
-    event("decided")
-    assert r.decision == pb.DECISION_DENY, (req, r)
+        return exc.code().name
+    return pb.Decision.Name(r.decision).removeprefix("DECISION_")
 
 
+def test_malformed_requests_are_never_allowed(stub: pb_grpc.AuthorizationServiceStub) -> None:
+    seen: Counter[str] = Counter()
+
+    @settings(
+        max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(case=st.one_of(malformed_cases(), requests()))
+    def never_allowed(case: Case | pb.CheckRequest) -> None:
+        if isinstance(case, Case):
+            # The generator reaches Allow: the seed and its harmless variant both are.
+            assert _decision(stub, case.allowed) == "ALLOW", case.allowed
+            seen["allow before mutation"] += 1
+            assert _decision(stub, case.harmless) == "ALLOW", case.harmless
+            seen["allow after harmless changes"] += 1
+            for name in case.breaks:
+                seen[f"break: {name}"] += 1
+                event(f"break: {name}")
+            req = case.malformed
+        else:
+            req = case  # hostile from scratch
+        got = _decision(stub, req)
+        seen[got] += 1
+        event(got)
+        assert got != "ALLOW", req
+
+    never_allowed()
+    print(f"malformed requests: {dict(sorted(seen.items()))}")  # shown by pytest -rP
+    assert seen["allow before mutation"] > 0, seen
+    assert seen["allow after harmless changes"] > 0, seen
+    assert seen["INVALID_ARGUMENT"] > 0 and seen["NOT_FOUND"] > 0, seen
+
+
+@pytest.mark.parametrize(("name", "change"), MALFORMATIONS, ids=[n for n, _ in MALFORMATIONS])
 @settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(items=st.lists(requests(), min_size=1, max_size=5))
-def test_malformed_batches_are_never_allowed(
-    stub: pb_grpc.AuthorizationServiceStub, items: list[pb.CheckRequest]
+@given(seed=st.sampled_from(ALLOWED), data=st.data())
+def test_each_malformation_of_an_allowed_request_is_refused(
+    stub: pb_grpc.AuthorizationServiceStub, name: str, change: Any, seed: pb.CheckRequest, data: Any
 ) -> None:
-    batch = pb.CheckBatchRequest(tenant="docs")
-    for r in items:
-        item = batch.items.add(context_json=r.context_json, entities_json=r.entities_json)
-        for name in ("principal", "action", "resource"):
-            if r.HasField(name):
-                getattr(item, name).CopyFrom(getattr(r, name))
-        for k, v in r.context.items():
-            item.context[k].CopyFrom(v)
-        item.entities.extend(r.entities)
-    try:
-        rs = stub.CheckBatch(batch, timeout=10).results
-    except grpc.RpcError as exc:
-        assert exc.code() in REFUSALS, (exc.code(), exc.details())
-        event("refused")
-        return
-    event("decided")
-    assert len(rs) == len(items)
-    assert all(r.decision == pb.DECISION_DENY for r in rs)
+    """Every malformation on its own, so each is exercised whatever the mix above draws."""
+    assert _decision(stub, seed) == "ALLOW", seed
+    broken = pb.CheckRequest()
+    broken.CopyFrom(data.draw(harmless(seed)))
+    change(broken, data.draw)
+    got = _decision(stub, broken)
+    event(got)
+    assert got in ("INVALID_ARGUMENT", "NOT_FOUND"), (name, broken)
+
+
+def test_malformed_batches_are_never_allowed(stub: pb_grpc.AuthorizationServiceStub) -> None:
+    seen: Counter[str] = Counter()
+
+    @settings(
+        max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        items=st.lists(
+            st.one_of(malformed_cases(batch_item=True), requests()), min_size=1, max_size=5
+        )
+    )
+    def never_allowed(items: list[Case | pb.CheckRequest]) -> None:
+        batch = pb.CheckBatchRequest(tenant="docs")
+        for case in items:
+            r = case.malformed if isinstance(case, Case) else case
+            item = batch.items.add(context_json=r.context_json, entities_json=r.entities_json)
+            for name in ("principal", "action", "resource"):
+                if r.HasField(name):
+                    getattr(item, name).CopyFrom(getattr(r, name))
+            for k, v in r.context.items():
+                item.context[k].CopyFrom(v)
+            item.entities.extend(r.entities)
+        seen["from an allowed seed"] += sum(isinstance(c, Case) for c in items)
+        try:
+            rs = stub.CheckBatch(batch, timeout=10).results
+        except grpc.RpcError as exc:
+            assert exc.code() in REFUSALS, (exc.code(), exc.details())
+            seen["refused"] += 1
+            event("refused")
+            return
+        event("decided")
+        seen["decided"] += 1
+        assert len(rs) == len(items)
+        assert all(r.decision == pb.DECISION_DENY for r in rs)
+
+    never_allowed()
+    print(f"malformed batches: {dict(sorted(seen.items()))}")  # shown by pytest -rP
+    assert seen["from an allowed seed"] > 0 and seen["refused"] > 0, seen
 
 
 @st.composite
