@@ -119,7 +119,10 @@ class ConformanceFile:
         pass_: Pass = PASSES["entities_json"],
     ) -> dict[str, bytes]:
         manifest: dict[str, Any] = {"name": self.name, "version": "1"}
-        manifest["request_entities"] = "trusted"  # Cedar's model: each test sends its entities
+        if not pass_.base_entities:
+            # Cedar's model: each test sends its entities. The base-entities pass keeps the
+            # default (no request entities), so the safe setting is compared with Cedar too.
+            manifest["request_entities"] = "trusted"
         if not strict:
             manifest["validation"] = "off"
         if not validate_requests:

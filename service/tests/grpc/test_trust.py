@@ -20,7 +20,7 @@ from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp._proto.v1 import value_pb2 as vpb
 
 from ..support import pdp_command
-from .trust_support import ALLOW, check, entity, person, ref, stub
+from .trust_support import ALLOW, REFUND_INV_1001, STEPPED_UP, check, entity, person, ref, stub
 
 __all__ = ["stub"]  # the module's server fixture
 
@@ -40,7 +40,11 @@ def test_dual_control_cannot_be_met_by_a_made_up_approver(
     stub: pb_grpc.AuthorizationServiceStub,
 ) -> None:
     def refund(approver: str, entities: list[Any] | None = None) -> pb.CheckRequest:
-        context = {"amount_cents": 150000, "approver": {"__entity": ref("User", approver)}}
+        context = {
+            **REFUND_INV_1001,
+            "amount_cents": 150000,
+            "approver": {"__entity": ref("User", approver)},
+        }
         return check(("User", "dave"), "refund", ("Invoice", "inv-1001"), context, entities)
 
     # Control: a genuine second billing admin.
@@ -54,7 +58,8 @@ def test_human_approval_cannot_be_given_by_a_made_up_user(
 ) -> None:
     def invoke(approver: str, entities: list[Any] | None = None) -> pb.CheckRequest:
         context = {
-            "human_approval": {"approver": {"__entity": ref("User", approver)}, "ticket": "T-1"}
+            "human_approval": {"approver": {"__entity": ref("User", approver)}, "ticket": "T-1"},
+            "tokens": 100,  # within the agent's ceiling and the org's budget
         }
         return check(
             ("Agent", "acme-copilot"), "invoke_tool", ("Tool", "bulk-delete"), context, entities
@@ -67,9 +72,10 @@ def test_human_approval_cannot_be_given_by_a_made_up_user(
 
 
 def test_a_made_up_user_cannot_join_org_admin(stub: pb_grpc.AuthorizationServiceStub) -> None:
-    assert stub.Check(check(("User", "alice"), "delete", ("Document", "doc-3"))).decision == ALLOW
+    delete = check(("User", "alice"), "delete", ("Document", "doc-3"), STEPPED_UP)
+    assert stub.Check(delete).decision == ALLOW
     eve = person("eve", ref("Role", "org-admin"))
-    request = check(("User", "eve"), "delete", ("Document", "doc-3"), entities=[eve])
+    request = check(("User", "eve"), "delete", ("Document", "doc-3"), STEPPED_UP, [eve])
     assert refusal(stub, request) == f'entities[0]: User::"eve": type User {OWNED}'
 
 
@@ -155,7 +161,11 @@ def test_batch_errors_name_the_item_or_the_batch_default(
 
 
 def test_trusted_keeps_cedars_behaviour(stub: pb_grpc.AuthorizationServiceStub) -> None:
-    context = {"amount_cents": 150000, "approver": {"__entity": ref("User", "sock")}}
+    context = {
+        **REFUND_INV_1001,
+        "amount_cents": 150000,
+        "approver": {"__entity": ref("User", "sock")},
+    }
     sock = person("sock", ref("Role", "billing-admin"))
     request = check(("User", "dave"), "refund", ("Invoice", "inv-1001"), context, [sock], "trusted")
     r = stub.Check(request)
@@ -172,7 +182,11 @@ def test_pdp_check_in_process_applies_the_servers_rule(tmp_path: Path) -> None:
     sock.write_text(json.dumps([person("sock", ref("Role", "billing-admin"))]))
 
     def pdp_check(approver: str, *extra: str) -> subprocess.CompletedProcess[str]:
-        context = {"amount_cents": 150000, "approver": {"__entity": ref("User", approver)}}
+        context = {
+            **REFUND_INV_1001,
+            "amount_cents": 150000,
+            "approver": {"__entity": ref("User", approver)},
+        }
         args = ["--principal", 'User::"dave"', "--action", 'Action::"refund"']
         args += ["--resource", 'Invoice::"inv-1001"', "--context", json.dumps(context)]
         command = [*pdp_command(), "check", *args, *extra]
