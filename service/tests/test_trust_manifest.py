@@ -119,4 +119,4 @@ def test_the_default_bundle_states_its_trust() -> None:
     trust = load_bundle(REPO / "policies").trust
     # Every entity type of its schema is the bundle's to define.
     assert set(manifest["authoritative_types"]) == trust.authoritative
-    assert len(trust.authoritative) == 9
+    assert len(trust.authoritative) == 11

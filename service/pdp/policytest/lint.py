@@ -216,7 +216,7 @@ def _invalid(path: Path, problems: list[str], what: str, as_json: bool) -> tuple
 
 def _annotations(bundle: Bundle) -> dict[str, Mapping[str, str]]:
     return {
-        s.cedar_id: _est(s).get("annotations") or {}
+        s.cedar_id: s.est.get("annotations") or {}
         for s in bundle.policies.values()
         if s.template_id is None
     }

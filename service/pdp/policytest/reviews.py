@@ -1,12 +1,12 @@
-"""The review ledger: which text of each policy was reviewed, and when.
+"""The review ledger: which form of each policy was reviewed, and when.
 
 `pdp lint` must not fail CI just because the calendar moved on (a `stale-review` is
-advisory unless `--strict`); what fails is a policy whose text changed without a fresh
+advisory unless `--strict`); what fails is a policy that changed without a fresh
 review. The ledger (`policy_tests/reviews.json` beside the bundle, checked in) maps each
-policy id to the sha256 of its text and its `@reviewed` date when the ledger was written
-by `pdp lint --record-reviews`. A policy then fails `changed-without-review` when it is
-missing from the ledger, or its text hash differs while its `@reviewed` date is not
-newer than the ledger's. Nothing here reads the clock.
+policy id to the sha256 of Cedar's form of it (see `text_sha256`) and its `@reviewed`
+date when the ledger was written by `pdp lint --record-reviews`. A policy then fails
+`changed-without-review` when it is missing from the ledger, or its hash differs while
+its `@reviewed` date is not newer than the ledger's. Nothing here reads the clock.
 """
 
 from __future__ import annotations
@@ -48,7 +48,18 @@ def default_ledger(bundle_path: Path) -> Path:
 
 
 def text_sha256(src: PolicySource) -> str:
-    return hashlib.sha256(src.text.encode("utf-8")).hexdigest()
+    """sha256 of the policy as Cedar parsed it (its JSON form), less its `@reviewed`.
+
+    Cedar's form rather than the file's bytes: what needs a fresh review is a change to
+    what Cedar evaluates (or to another annotation, such as `@owner`), not to a comment
+    or the layout, and the ledger must not hinge on a second reading of policy files.
+    Removing `@reviewed` lets the review date change without changing the hash.
+    """
+    est = dict(src.est)
+    notes = {k: v for k, v in (est.get("annotations") or {}).items() if k != "reviewed"}
+    est["annotations"] = notes
+    canonical = json.dumps(est, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def reviewed_date(value: str | None) -> date | None:
@@ -100,7 +111,7 @@ def check(
     reviewed: str | None,
     add: Callable[[str, str], None],
 ) -> None:
-    """Report `src` if its text changed since the ledger without a newer @reviewed date."""
+    """Report `src` if it changed since the ledger without a newer @reviewed date."""
     entry = ledger.policies.get(src.policy_id)
     how = "review it, update @reviewed and run `pdp lint --record-reviews`"
     if entry is None:
@@ -119,7 +130,7 @@ def check(
         return
     add(
         "changed-without-review",
-        f"text changed since the review of {entry.reviewed} in {ledger_path}, "
+        f"changed (as Cedar parses it) since the review of {entry.reviewed} in {ledger_path}, "
         f"but @reviewed is {reviewed or 'missing'}: {how}",
     )
 

@@ -2,7 +2,10 @@
 
 Random request-entity sets over the default bundle's schema (uids of the base, uids it
 names, fresh ones; parents of any type; schema-valid attributes whose references point
-at base and fresh entities), with random principal, action, resource and context:
+at base and fresh entities), with random principal, action, resource and context (which
+mostly carries the step-up and session facts, an agent's `tokens` within its limits and
+a refund's invoice currency and customer, so the bundle's genuine controls pass often
+enough for the entities to be what decides):
 
 - default bundle (`request_entities: {}`): a request the PDP accepts has the decision
   it has without its request entities (and only an empty set is accepted);
@@ -27,7 +30,7 @@ from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 
 from ..support import REPO
-from .trust_support import ALLOW, check, stub
+from .trust_support import ALLOW, STEPPED_UP, check, stub
 
 __all__ = ["stub"]  # the module's server fixture
 
@@ -47,12 +50,20 @@ def _named(value: Any) -> set[tuple[str, str]]:
 
 NAMED = set().union(*(_named(e["attrs"]) for e in BASE))
 NAMED |= {(p["type"], p["id"]) for e in BASE for p in e["parents"]}
-TYPES = ["Org", "Role", "User", "Agent", "Project", "Document", "Report", "Invoice", "Tool"]
+TYPES = [
+    *("Org", "Role", "User", "Agent", "Project", "Document", "Report", "Invoice", "Customer"),
+    *("Source", "Tool"),
+]
 PRINCIPALS = ["User", "Agent"]
 FRESH = ["eve", "sock", "x1"]  # ids no base entity has, shared by every type
 # Base ids twice as likely as fresh ones: references and parents mostly hit real entities.
 IDS = {t: sorted({i for (ty, i) in DEFINED | NAMED if ty == t}) * 2 + FRESH for t in TYPES}
 BASE_IDS = {t: sorted({i for (ty, i) in DEFINED if ty == t}) for t in TYPES}
+INVOICES = {  # base invoice: (currency, customer id), what a genuine refund states
+    e["uid"]["id"]: (e["attrs"]["currency"], e["attrs"]["customer"]["__entity"]["id"])
+    for e in BASE
+    if e["uid"]["type"] == "Invoice"
+}
 ACTIVE = st.sampled_from([False, False, True])  # `suspended`: an active account denies less
 TOOLS = ["web-search", "sql-query", "bulk-delete"]
 ACTIONS = {  # action: (principal types, resource types, context kind), as the schema says
@@ -62,6 +73,8 @@ ACTIONS = {  # action: (principal types, resource types, context kind), as the s
     "delete": (["User", "Agent"], ["Document", "Project"], "resource"),
     "edit": (["User", "Agent"], ["Document", "Project"], "resource"),
     "export": (["User", "Agent"], ["Document", "Report"], "resource"),
+    "read_pii": (["User", "Agent"], ["Customer"], "pii"),
+    "retrieve": (["Agent"], ["Source"], "resource"),
 }
 
 
@@ -83,14 +96,36 @@ def users() -> st.SearchStrategy[list[Any]]:
     return st.lists(ref("User"), max_size=2)
 
 
+def duration(*args: str) -> st.SearchStrategy[Any]:
+    return st.sampled_from(args).map(lambda a: {"__extn": {"fn": "duration", "arg": a}})
+
+
+def sources(min_size: int = 0) -> st.SearchStrategy[list[Any]]:
+    return st.lists(ref("Source"), min_size=min_size, max_size=2, unique_by=json.dumps)
+
+
 REGION, DEPT = st.sampled_from(["eu", "us"]), st.sampled_from(["engineering", "sales", "finance"])
+PURPOSES = ["billing", "support", "marketing"]
+CLEARED = {"cleared_purposes": st.lists(st.sampled_from(PURPOSES), unique=True)}
+UNFROZEN = st.sampled_from([False, False, True])  # `frozen`: an unfrozen resource denies less
+TOKENS = [50, 300]  # what requests mostly spend: within the base limits and most generated
 ATTRS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "Org": st.fixed_dictionaries(
-        {"name": st.just("O"), "tier": st.sampled_from(["free", "enterprise"]), "region": REGION}
+        {
+            "name": st.just("O"),
+            "tier": st.sampled_from(["free", "enterprise"]),
+            "region": REGION,
+            "dual_control_threshold_cents": st.sampled_from([20000, 100000]),
+            "max_session_age": duration("8h", "10m"),
+            "max_idle": duration("30m", "1m"),
+            "token_budget_remaining": st.sampled_from([20000, 0]),
+            "frozen": UNFROZEN,
+        }
     ),
     "Role": st.just({}),
     "User": st.fixed_dictionaries(
-        {"org": ORG, "department": DEPT, "region": REGION, "suspended": ACTIVE}
+        {"org": ORG, "department": DEPT, "region": REGION, "suspended": ACTIVE},
+        optional=CLEARED,
     ),
     "Agent": st.fixed_dictionaries(
         {
@@ -98,11 +133,14 @@ ATTRS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             "region": REGION,
             "allowed_tools": st.lists(st.sampled_from(TOOLS), unique=True),
             "suspended": ACTIVE,
+            "allowed_sources": sources(),
+            "max_tokens_per_request": st.sampled_from([100000, 400, 100]),
         },
-        optional={"on_behalf_of": ref("User")},
+        optional={"on_behalf_of": ref("User"), **CLEARED},
     ),
     "Project": st.fixed_dictionaries(
-        {"org": ORG, "owner": ref("User"), "editors": users(), "viewers": users()}
+        {"org": ORG, "owner": ref("User"), "editors": users(), "viewers": users()},
+        optional={"frozen": UNFROZEN},
     ),
     "Document": st.fixed_dictionaries(
         {
@@ -112,11 +150,23 @@ ATTRS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             "editors": users(),
             "viewers": users(),
         },
-        optional={"residency": REGION},
+        optional={"residency": REGION, "frozen": UNFROZEN},
     ),
     "Report": st.fixed_dictionaries({"org": ORG, "department": DEPT}),
     "Invoice": st.fixed_dictionaries(
-        {"org": ORG, "amount_cents": st.integers(0, 300000), "currency": st.just("EUR")}
+        {
+            "org": ORG,
+            "amount_cents": st.integers(0, 300000),
+            "currency": st.sampled_from(["EUR", "EUR", "USD"]),
+            "customer": ref("Customer"),
+        },
+        optional={"frozen": UNFROZEN},
+    ),
+    "Customer": st.fixed_dictionaries(
+        {"org": ORG, "pii_purposes": st.lists(st.sampled_from(PURPOSES), unique=True)}
+    ),
+    "Source": st.fixed_dictionaries(
+        {"org": ORG, "name": st.sampled_from(["handbook", "billing-kb", "hr-records"])}
     ),
     "Tool": st.fixed_dictionaries(
         {"org": ORG, "name": st.sampled_from(TOOLS), "high_risk": st.booleans()}
@@ -129,7 +179,8 @@ ACME = {"__entity": {"type": "Org", "id": "acme"}}
 # which fully random attributes reach too rarely to count on.
 IMPOSTORS = {
     "User": st.fixed_dictionaries(
-        {"org": st.just(ACME), "department": DEPT, "region": REGION, "suspended": st.just(False)}
+        {"org": st.just(ACME), "department": DEPT, "region": REGION, "suspended": st.just(False)},
+        optional=CLEARED,
     ),
     "Agent": st.fixed_dictionaries(
         {
@@ -137,8 +188,10 @@ IMPOSTORS = {
             "region": REGION,
             "allowed_tools": st.lists(st.sampled_from(TOOLS), min_size=1, unique=True),
             "suspended": st.just(False),
+            "allowed_sources": sources(min_size=1),
+            "max_tokens_per_request": st.sampled_from([400, 100000]),
         },
-        optional={"on_behalf_of": ref("User")},
+        optional={"on_behalf_of": ref("User"), **CLEARED},
     ),
 }
 ROLES = st.sampled_from(["billing-admin", "org-admin"]).map(lambda i: ("Role", i))
@@ -202,8 +255,36 @@ def samples(draw: st.DrawFn) -> tuple[pb.CheckRequest, list[Any]]:
                 optional={"approver": ref("User"), "human_approval": approval},
             )
         )
+        # Mostly the invoice's own currency and customer (a fresh invoice's: made up);
+        # sometimes another, or none.
+        currency, customer = INVOICES.get(resource[1], ("EUR", "cust-1"))
+        own = {"__entity": {"type": "Customer", "id": customer}}
+        stated = {
+            "currency": draw(st.sampled_from([currency] * 5 + ["USD", None])),
+            "customer": draw(st.sampled_from([own] * 5 + [None]) | ref("Customer")),
+        }
+        context |= {k: v for k, v in stated.items() if v is not None}
+    elif kind == "pii":
+        context = draw(
+            st.fixed_dictionaries(
+                {}, optional={"purpose": st.sampled_from(PURPOSES), "human_approval": approval}
+            )
+        )
     else:
         context = draw(st.fixed_dictionaries({}, optional={"human_approval": approval}))
+    # Mostly a stepped-up, fresh session; sometimes some facts missing, or a stale one.
+    # (The common case comes first: Hypothesis draws a choice's first value most often.)
+    facts = draw(st.sampled_from(["stepped-up"] * 6 + ["some", "stale"]))
+    if facts == "stepped-up":
+        context |= STEPPED_UP
+    elif facts == "some":
+        context |= {k: STEPPED_UP[k] for k in draw(st.sets(st.sampled_from(sorted(STEPPED_UP))))}
+    else:
+        context |= {**STEPPED_UP, "session_age": "13h", "idle": "2h"}  # past every max
+    # An agent mostly states its tokens, within its limits; sometimes none, or out of range.
+    if principal[0] == "Agent":
+        tokens = draw(st.sampled_from([*TOKENS * 3, None, -1, 10**6]))
+        context |= {} if tokens is None else {"tokens": tokens}
     return check(principal, action, resource, context), entities
 
 
@@ -268,9 +349,9 @@ def test_request_entities_change_decisions_only_as_the_bundle_allows(
 
     run()
     print(dict(counts))  # noqa: T201 - the figures for the report (pytest -s)
-    # Counted, not assumed. This (derandomized) run: 31 of 500 sets fabricate an Allow
-    # under "trusted"; `agents` accepts 128, 18 of which turn a Deny into an Allow with
-    # fresh agents only. Random runs of 500 gave 9-37, 120-160 and 1-9.
+    # Counted, not assumed. This (derandomized) run: 14 of 500 sets fabricate an Allow
+    # under "trusted"; `agents` accepts 110, none of which turns a Deny into an Allow
+    # (fresh agents only). Random runs of 500 gave 7-22, 114-160 and 1-7.
     assert counts["sets"] >= 400
     assert counts["trusted: Deny -> Allow"] > 0
     assert counts["agents: accepted"] > 20

@@ -17,6 +17,21 @@ from pdp._proto.v1 import value_pb2 as vpb
 from ..support import REPO, running_server
 
 ALLOW = pb.DECISION_ALLOW
+# What the default bundle's step-up and session rules ask of admin actions and refunds
+# (a second factor, a trusted device, a fresh and active session), so that the genuine
+# controls below are ALLOW and each refusal is about the request entities alone.
+STEPPED_UP: dict[str, Any] = {
+    "mfa": True,
+    "device_trusted": True,
+    "session_age": "20m",
+    "idle": "2m",
+}
+# A refund on inv-1001 states the invoice's currency and customer (money checks).
+REFUND_INV_1001: dict[str, Any] = {
+    **STEPPED_UP,
+    "currency": "EUR",
+    "customer": {"__entity": {"type": "Customer", "id": "cust-1"}},
+}
 
 
 def ref(t: str, i: str) -> dict[str, str]:
@@ -70,7 +85,10 @@ def policies_variant(root: Path, **manifest: Any) -> Path:
 
 
 AGENTS = {"Agent": {"parents": ["Role"]}}
-AUTHORITATIVE = ["Org", "Role", "User", "Project", "Document", "Report", "Invoice", "Tool"]
+AUTHORITATIVE = [
+    *("Org", "Role", "User", "Project", "Document", "Report", "Invoice", "Customer", "Source"),
+    "Tool",
+]
 
 
 def write_bundle(root: Path, files: dict[str, str], manifest: dict[str, Any]) -> Path:

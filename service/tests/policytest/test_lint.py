@@ -101,8 +101,8 @@ def _copy_with_ledger(tmp_path: Path) -> Path:
     """The default bundle in tmp_path/policies, its ledger in tmp_path/policy_tests."""
     bundle = tmp_path / "policies"
     shutil.copytree(REPO / "policies", bundle)
-    out, code = lint_report(bundle, today=TODAY, record=True)
-    assert code == 0 and out.startswith("recorded 24 policies and templates in "), out
+    out, code = lint_report(bundle, today=DEFAULT_REVIEWED, record=True)
+    assert code == 0 and out.startswith("recorded 38 policies and templates in "), out
     return bundle
 
 
@@ -121,8 +121,8 @@ def _rules(out: str) -> list[tuple[str, str]]:
 def test_stale_reviews_are_reported_but_fail_only_with_strict() -> None:
     out, code = lint_report(REPO / "policies", today=DUE)
     assert code == 0, out
-    assert out.count("stale-review: last reviewed 2026-11-15 (91 days ago") == 24
-    assert out.endswith("(24 advisory: stale-review; --strict fails on them)\n")
+    assert out.count("stale-review: last reviewed 2026-11-15 (91 days ago") == 23
+    assert out.endswith("(23 advisory: stale-review; --strict fails on them)\n")
     out, code = lint_report(REPO / "policies", today=DUE, strict=True)
     assert code == 1 and "advisory" not in out
 
@@ -136,19 +136,19 @@ def test_ci_lint_does_not_depend_on_the_date(capsys: pytest.CaptureFixture[str])
 
 
 def test_the_checked_in_ledger_matches_the_default_bundle() -> None:
-    out, code = lint_report(REPO / "policies", today=TODAY, as_json=True)
+    out, code = lint_report(REPO / "policies", today=DEFAULT_REVIEWED, as_json=True)
     assert code == 0 and json.loads(out)["ledger"] == str(REPO / "policy_tests" / "reviews.json")
 
 
 def test_a_policy_changed_without_a_fresh_review_fails(tmp_path: Path) -> None:
     bundle = _copy_with_ledger(tmp_path)
     _edit(bundle, REFUND_RULE, REFUND_RULE.replace("resource is Invoice", "resource"))
-    out, code = lint_report(bundle, today=TODAY, as_json=True)
+    out, code = lint_report(bundle, today=DEFAULT_REVIEWED, as_json=True)
     assert code == 1
     assert _rules(out) == [("billing-admin-refund", "changed-without-review")]
-    text, _ = lint_report(bundle, today=TODAY)
+    text, _ = lint_report(bundle, today=DEFAULT_REVIEWED)
     line = next(line for line in text.splitlines() if "changed-without-review" in line)
-    assert line.startswith(f"{REFUND}:16 [billing-admin-refund] changed-without-review: ")
+    assert line.startswith(f"{REFUND}:19 [billing-admin-refund] changed-without-review: ")
     assert "review of 2026-11-15" in line and "@reviewed is 2026-11-15" in line
     # A date that is not newer than the ledger's is not a fresh review either.
     _edit(
@@ -156,7 +156,7 @@ def test_a_policy_changed_without_a_fresh_review_fails(tmp_path: Path) -> None:
         '@reviewed("2026-11-15")\npermit (principal in Role::"billing-admin", action == Action::"refund"',
         '@reviewed("2026-11-01")\npermit (principal in Role::"billing-admin", action == Action::"refund"',
     )
-    assert _rules(lint_report(bundle, today=TODAY, as_json=True)[0]) == [
+    assert _rules(lint_report(bundle, today=DEFAULT_REVIEWED, as_json=True)[0]) == [
         ("billing-admin-refund", "changed-without-review")
     ]
 
@@ -169,12 +169,12 @@ def test_a_fresh_review_passes_and_recording_it_clears_the_note(tmp_path: Path) 
         '@reviewed("2026-11-15")\npermit (principal in Role::"billing-admin", action == Action::"refund"',
         '@reviewed("2026-11-28")\npermit (principal in Role::"billing-admin", action == Action::"refund"',
     )
-    out, code = lint_report(bundle, today=TODAY, as_json=True)
+    out, code = lint_report(bundle, today=DEFAULT_REVIEWED, as_json=True)
     assert code == 0, out
     assert _rules(out) == [("billing-admin-refund", "review-not-recorded")]
-    assert lint_report(bundle, today=TODAY, strict=True)[1] == 1
-    out, code = lint_report(bundle, today=TODAY, record=True)
-    assert code == 0 and out.endswith(" 0 finding(s) in 24 policies and templates\n"), out
+    assert lint_report(bundle, today=DEFAULT_REVIEWED, strict=True)[1] == 1
+    out, code = lint_report(bundle, today=DEFAULT_REVIEWED, record=True)
+    assert code == 0 and out.endswith(" 0 finding(s) in 38 policies and templates\n"), out
     ledger = json.loads((tmp_path / "policy_tests" / "reviews.json").read_text())
     assert ledger["policies"]["billing-admin-refund"]["reviewed"] == "2026-11-28"
 
@@ -190,7 +190,7 @@ def test_a_policy_missing_from_the_ledger_fails(tmp_path: Path) -> None:
         forbid (principal, action == Action::"refund", resource) when { context.amount_cents < 0 };
         """,
     )
-    out, code = lint_report(bundle, today=TODAY)
+    out, code = lint_report(bundle, today=DEFAULT_REVIEWED)
     assert code == 1
     assert "billing/new.cedar:1 [new-rule] changed-without-review: not in the review ledger " in out
 
@@ -200,13 +200,13 @@ def test_a_bad_ledger_is_refused_by_name(tmp_path: Path) -> None:
     ledger = tmp_path / "policy_tests" / "reviews.json"
     body = json.loads(ledger.read_text())
     ledger.write_text(json.dumps({**body, "bundle": "other"}))
-    out, code = lint_report(bundle, today=TODAY)
+    out, code = lint_report(bundle, today=DEFAULT_REVIEWED)
     assert code == 2 and "the ledger is for bundle 'other', not 'default'" in out
     body["policies"]["billing-admin-refund"]["sha256"] = "abc"
     ledger.write_text(json.dumps(body))
-    out, code = lint_report(bundle, today=TODAY)
+    out, code = lint_report(bundle, today=DEFAULT_REVIEWED)
     assert code == 2 and out.startswith(
         f"INVALID ledger: {ledger}: policies.billing-admin-refund.sha256: "
     )
-    out, code = lint_report(bundle, today=TODAY, ledger=tmp_path / "nope.json")
+    out, code = lint_report(bundle, today=DEFAULT_REVIEWED, ledger=tmp_path / "nope.json")
     assert code == 2 and "cannot read the review ledger" in out
