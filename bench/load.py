@@ -51,6 +51,9 @@ sys.path.insert(0, str(HERE))
 import scenario  # noqa: E402
 
 HOST = "127.0.0.1"
+# The shapes served: scenario.py's, or with --scenario cerbos the Cerbos anchor's a and b
+# (cerbos_requests.py), set once in main() before any load.
+SHAPES: dict[str, scenario.Shape] = scenario.SHAPES
 HZ = os.sysconf("SC_CLK_TCK")
 DEFAULT_RPS = {"check": 200, "check-ent": 200, "batch": 50, "batch-ent": 50}
 
@@ -136,7 +139,7 @@ def verify(server: Server, bodies: Path, shapes: list[str]) -> dict[str, int]:
     resp_len: dict[str, int] = {}
     with grpc.insecure_channel(f"{HOST}:{server.port}") as channel:
         for name in shapes:
-            s = scenario.SHAPES[name]
+            s = SHAPES[name]
             framed = (bodies / f"{name}.bin").read_bytes()
             msg = scenario.grpc_unframe(framed)
             # Raw bytes in and out: exactly the message h2load posts.
@@ -215,7 +218,7 @@ def wait_quiet(args: argparse.Namespace, pid: int) -> None:
 
 # ---------------------------------------------------------------------------- h2load --
 def h2load_cmd(args: argparse.Namespace, server: Server, name: str, bodies: Path) -> list[str]:
-    s = scenario.SHAPES[name]
+    s = SHAPES[name]
     cmd = ["h2load", "-t", "1", "-d", str(bodies / f"{name}.bin")]
     cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
     return pin(args.loadgen_cpu, cmd + [server.url(s.path)])
@@ -300,7 +303,7 @@ def measure(
     stamp: str,
     bodies: Path,
 ) -> dict[str, Any]:
-    s = scenario.SHAPES[name]
+    s = SHAPES[name]
     cmd = h2load_cmd(args, server, name, bodies)
     run_h2load(cmd, ["-D", str(args.warmup), *flags], args.warmup, None)  # discarded warm-up
     wait_quiet(args, server.pid)
@@ -361,7 +364,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if "shape" in r:
             groups.setdefault((r["shape"], r["mode"]), []).append(r)
-    shape_order = {n: i for i, n in enumerate(scenario.SHAPES)}
+    shape_order = {n: i for i, n in enumerate(SHAPES)}
 
     def order(key: tuple[str, str]) -> tuple[int, int, str]:
         shape, mode = key
@@ -449,7 +452,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=int, default=10, help="seconds per measured run (10)")
     p.add_argument("--warmup", type=int, default=3, help="discarded seconds before each run (3)")
     p.add_argument("--runs", type=int, default=1, help="repetitions of the matrix (1)")
-    p.add_argument("--shapes", nargs="+", default=list(scenario.SHAPES), choices=scenario.SHAPES)
+    p.add_argument(
+        "--scenario",
+        choices=("pdp", "cerbos"),
+        default="pdp",
+        help="pdp: scenario.py's shapes; cerbos: the Cerbos anchor's a and b (cerbos_requests.py)",
+    )
+    p.add_argument("--shapes", nargs="+", help="default: every shape of the scenario")
     p.add_argument(
         "--concurrency",
         nargs="*",
@@ -486,6 +495,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.server_cpu = args.server_cpu or None
     args.loadgen_cpu = args.loadgen_cpu or None
+    global SHAPES
+    write = scenario.iter_write
+    if args.scenario == "cerbos":
+        import cerbos_requests
+
+        SHAPES, write = cerbos_requests.shapes(), cerbos_requests.iter_write
+        args.bundle = args.bundle or cerbos_requests.BUNDLE
+    args.shapes = args.shapes or list(SHAPES)
+    unknown = [n for n in args.shapes if n not in SHAPES]
+    if unknown:
+        p.error(f"--shapes: {', '.join(unknown)} not in {args.scenario}: {', '.join(SHAPES)}")
 
     if args.summary:
         rows = [json.loads(line) for line in args.summary.read_text().splitlines() if line]
@@ -511,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     bodies = work / "bodies"
-    for line in scenario.iter_write(bodies):
+    for line in write(bodies):
         log(line)
     results = work / f"results-{stamp}.jsonl"
     info = machine()
