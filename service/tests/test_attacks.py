@@ -6,7 +6,9 @@ marked `xfail(strict=True)` so that the suite stays green until its fix lands.
 
 from __future__ import annotations
 
+import gzip
 import shutil
+import tarfile
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp._proto.v1 import value_pb2 as vpb
 
 from .support import DOCS_BUNDLE, ServerProcess, running_server
+from .test_bundle_files import MIB, header, padded, peak_growth
 
 REQ = pb.CheckRequest(
     tenant="live",
@@ -64,3 +67,32 @@ def test_a_bundle_of_junk_policies_does_not_flood_the_log(tmp_path: Path, kind: 
         assert pb_grpc.AuthorizationServiceStub(ch).Check(REQ).decision == pb.DECISION_ALLOW
     # A bounded report is at most 16 KiB; the unbounded one was ~1 MB.
     assert logged < 64 * 1024, f"{logged} bytes logged for a {len(JUNK[kind])}-byte file"
+
+
+def gnu_sparse_header(name: str, real_size: int) -> bytes:
+    """A GNU sparse member (type `S`) that stores no data and claims `real_size` bytes:
+    one hole. tarfile counts it a regular file and extracts it as `real_size` NULs."""
+    block = bytearray(header(name, 0))
+    block[156:157] = tarfile.GNUTYPE_SPARSE
+    block[386:398] = b"%011o\0" % real_size  # the one data region: 0 bytes at the end
+    block[398:410] = b"%011o\0" % 0
+    block[483:495] = b"%011o\0" % real_size  # the file's real size
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+@pytest.mark.xfail(strict=True, reason="a GNU sparse member's claimed size is not capped")
+def test_a_sparse_archive_member_is_refused_before_it_is_extracted(tmp_path: Path) -> None:
+    """A 150-byte .tar.gz whose member claims 128 MiB of holes: the header checks read its
+    stored size (0), tarfile extracted 128 MiB of NULs (16 MiB is the per-file cap; a
+    claim of 8 GiB, the octal field's largest, is an OOM kill of the server)."""
+    archive = tmp_path / "sparse.tar.gz"
+    manifest = b'{"name": "x", "version": "1"}'
+    with gzip.open(archive, "wb") as gz:
+        gz.write(header("manifest.json", len(manifest)) + padded(manifest))
+        gz.write(gnu_sparse_header("big.cedar", 128 * MIB) + bytes(1024))
+    assert archive.stat().st_size < 1024
+    growth, message = peak_growth(archive)
+    assert message is not None and "big.cedar" in message
+    assert growth < 32 * MIB
