@@ -7,17 +7,21 @@ marked `xfail(strict=True)` so that the suite stays green until its fix lands.
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp._proto.v1 import value_pb2 as vpb
 
+from .grpc.trust_support import TEAM, TEAM_OPEN, check, entity, ref, write_bundle
 from .support import DOCS_BUNDLE, ServerProcess, running_server
 from .test_bundle_files import MIB, header, padded, peak_growth
 
@@ -95,3 +99,41 @@ def test_a_sparse_archive_member_is_refused_before_it_is_extracted(tmp_path: Pat
     growth, message = peak_growth(archive)
     assert message is not None and "big.cedar: sparse archive member refused" in message
     assert growth < 32 * MIB
+
+
+def groups(n: int, chained: bool) -> list[Any]:
+    """`n` request groups, each in the next (a chain) or in none, ids padded so that both
+    lists have the same size in bytes."""
+    out = []
+    for i in range(n):
+        parents = [ref("Group", f"g{i + 1:05}")] if chained and i + 1 < n else []
+        out.append(entity("Group", f"g{i:05}", None, *parents))
+    return out
+
+
+@pytest.mark.xfail(
+    strict=True, reason="Cedar's closure of a request-entity hierarchy costs ~n^3, uncapped"
+)
+def test_a_chain_of_request_entities_costs_about_what_a_flat_list_does(tmp_path: Path) -> None:
+    """A bundle that lets requests supply groups in groups (`request_entities`, or
+    "trusted"): 500 groups in one chain, a 50 KB request, took 3-4 s of the server (1,000:
+    28 s; 16 layers of 60 groups, each in all of the next layer, 22 s) where 500 groups
+    in none take 2 ms. Cedar computes the hierarchy's transitive closure when the request
+    entities are added, in time ~n^3 for a chain. Either cheap or refused is fine."""
+    bundle = write_bundle(tmp_path / "open", TEAM, {"name": "team-open", **TEAM_OPEN})
+    with running_server(["--bundle", f"open={bundle}", "--no-watch"]) as srv, srv.channel() as ch:
+        stub = pb_grpc.AuthorizationServiceStub(ch)
+        timings = {}
+        for chained in (False, False, True):  # the first flat one warms the server up
+            request = check(("User", "root"), "view", ("Doc", "d1"), None, [], "open")
+            request.entities_json = json.dumps(groups(500, chained))
+            start = time.perf_counter()
+            try:
+                stub.Check(request, timeout=120)
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            timings[chained] = time.perf_counter() - start
+    print(f"500 groups: flat {timings[False] * 1000:.0f} ms, chained {timings[True] * 1000:.0f} ms")
+    # Generous: the broken closure is ~300x the flat list (2.8 s against 9 ms) and stalls
+    # every other call meanwhile (a 1-entity Check sent during it took 3.9 s).
+    assert timings[True] < 0.2 + 20 * timings[False]
