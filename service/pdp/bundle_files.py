@@ -249,6 +249,11 @@ def _read_archive(path: Path) -> BundleFiles:
                 if str(rel) in files:
                     problems.append(BundleProblem(member.name, f"duplicate archive member {rel}"))
                     continue
+                # The header checks capped the stored size; a sparse member (GNU `S`, or
+                # PAX GNU.sparse.*) extracts to the size it claims, holes and all.
+                if member.issparse():
+                    problems.append(BundleProblem(member.name, "sparse archive member refused"))
+                    continue
                 extracted = tar.extractfile(member)
                 assert extracted is not None  # regular files always extract
                 files[str(rel)] = extracted.read()

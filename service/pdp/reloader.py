@@ -24,6 +24,9 @@ from pdp.tenants import BundleSources, TenantSource
 log = logging.getLogger(__name__)
 
 MAX_READS = 5  # reads of a changing bundle before giving up until its next change
+# A refusal as logged and kept in `status`: every reload attempt logs it again, so a
+# bundle of thousands of bad policies must not write megabytes each time it changes.
+MAX_LOGGED = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,11 @@ class Reloader:
 
     def _failed(self, tenant: str, message: str, kept: Bundle | None) -> None:
         old = self._status.get(tenant)
+        if len(message) > MAX_LOGGED:
+            cut = message.rfind("\n", 0, MAX_LOGGED)
+            cut = cut if cut > 0 else MAX_LOGGED
+            more = len(message) - cut
+            message = f"{message[:cut]}\n  ... {more} more characters; `pdp validate` lists all"
         keeping = f"keeping version {kept.version.version}" if kept else "no version to serve"
         log.error("tenant %s: bundle refused, %s: %s", tenant, keeping, message)
         self._status[tenant] = TenantStatus(

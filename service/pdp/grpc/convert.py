@@ -20,6 +20,7 @@ from pdp.model import TYPE_NAME, CheckInput, CheckResult, Decision, EntityRef, R
 
 _EXTENSIONS = {"ipaddr": "ip", "decimal": "decimal", "datetime": "datetime", "duration": "duration"}
 _MAX_DEPTH = 32  # nesting of sets/records; deeper values are refused, not recursed into
+_WIRE_PER_JSON_BYTE = 8  # at most this many protobuf bytes per byte of a value's Cedar JSON
 _DECISIONS = {Decision.ALLOW: pb.DECISION_ALLOW, Decision.DENY: pb.DECISION_DENY}
 
 
@@ -94,6 +95,16 @@ def context(
             raise InvalidRequest(name, "must be a JSON object (a Cedar record)")
         return text  # cedarpy parses it again with the schema; pass the text through
     if typed:
+        # Converting costs microseconds a value: refuse what cannot fit before converting
+        # it. Cedar JSON is never under an eighth of the protobuf size (the densest value,
+        # a negative long in a set, is 13 bytes of protobuf for the 3 of `-1,`).
+        wire = sum(len(k) + v.ByteSize() for k, v in typed.items())
+        if wire > _WIRE_PER_JSON_BYTE * limits.max_context_bytes:
+            raise InvalidRequest(
+                field,
+                f"{wire} bytes of protobuf: its JSON exceeds the limit of "
+                f"{limits.max_context_bytes}",
+            )
         converted = record(field, typed)
         # One serialisation, shared by every batch item that uses this context.
         out = json.dumps(converted, separators=(",", ":"))
