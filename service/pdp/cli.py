@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-seconds", type=float)
     serve.add_argument("--log-level")
     serve.add_argument("--max-request-entities", type=int)
+    serve.add_argument("--max-request-entity-parents", type=int)
     serve.add_argument("--max-context-bytes", type=int)
     serve.add_argument("--max-batch-context-bytes", type=int)
     serve.add_argument("--max-context-depth", type=int)
@@ -161,6 +162,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "drain_seconds",
             "log_level",
             "max_request_entities",
+            "max_request_entity_parents",
             "max_context_bytes",
             "max_batch_context_bytes",
             "max_context_depth",

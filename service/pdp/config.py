@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     """Most request entities one `entities` / `entities_json` field (per request or batch
     item, and at batch level) may carry; more is INVALID_ARGUMENT."""
 
+    max_request_entity_parents: int = Field(100, ge=0, le=100_000)
+    """Most parent references all the request entities of one field may name together.
+    Cedar computes the ancestors of request entities when it merges them, at a cost that
+    grows far faster than the request (a chain of 500 groups in groups: ~4 s holding the
+    GIL); only bundles that accept request entities with parents are exposed."""
+
     max_context_bytes: int = Field(64 * 1024, ge=64, le=256 * 1024 * 1024)
     """Largest context of one check, as Cedar JSON bytes (`context_json`, or the typed
     `context` once converted). Cedar parses a context at roughly 1-30 MB/s depending on

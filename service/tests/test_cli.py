@@ -137,6 +137,7 @@ def test_check_against_a_running_server(server: ServerProcess) -> None:
 
 LIMITS_OUT_OF_RANGE = {
     "max_request_entities": "0",
+    "max_request_entity_parents": "-1",
     "max_context_bytes": "10",
     "max_batch_context_bytes": "10",
     "max_context_depth": "65",

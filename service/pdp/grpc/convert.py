@@ -69,6 +69,7 @@ class Limits:
     """Content caps of one request: the `Settings` of the same names."""
 
     max_request_entities: int
+    max_request_entity_parents: int
     max_context_bytes: int
     max_batch_context_bytes: int
     max_context_depth: int
@@ -131,6 +132,7 @@ def entities(
     cap = limits.max_request_entities
     if len(typed) > cap:
         raise InvalidRequest(field, f"{len(typed)} entities exceed the limit of {cap}")
+    _cap_parents(field, typed, [], limits.max_request_entity_parents)
     items: list[Any] = [_entity(f"{field}[{i}]", e) for i, e in enumerate(typed)]
     if text:
         name = f"{field}_json"
@@ -142,12 +144,23 @@ def entities(
         if len(items) + len(parsed) > cap:
             count = len(items) + len(parsed)
             raise InvalidRequest(name, f"{count} entities (with {field}) exceed the limit of {cap}")
+        _cap_parents(name, typed, parsed, limits.max_request_entity_parents)
         if not items:
             return RequestEntities(text)
         items += parsed
     if not items:
         return None
     return RequestEntities(json.dumps(items, separators=(",", ":")))
+
+
+def _cap_parents(field: str, typed: Sequence[vpb.Entity], parsed: list[Any], cap: int) -> None:
+    """Refuse more parent references than `cap` before Cedar computes their ancestry."""
+    count = sum(len(e.parents) for e in typed)
+    for e in parsed:
+        parents = e.get("parents") if isinstance(e, dict) else None
+        count += len(parents) if isinstance(parents, list) else 0
+    if count > cap:
+        raise InvalidRequest(field, f"{count} parent references exceed the limit of {cap}")
 
 
 def _entity(field: str, e: vpb.Entity) -> dict[str, Any]:
