@@ -249,8 +249,12 @@ def _sources(parsed: list[ParsedFile], problems: list[BundleProblem]) -> dict[st
                 p.effect,
                 p.is_template,
             )
-            if annotated and not (len(annotated) <= MAX_ID and _ID.match(annotated)):
+            if annotated is not None and not (len(annotated) <= MAX_ID and _ID.match(annotated)):
                 problems.append(BundleProblem(f.name, _BAD_ID, p.line, repr(annotated)))
+            elif annotated is not None and _POSITIONAL.match(annotated):
+                # `policy3` is how an un-annotated policy is reported: another policy
+                # claiming it would make every report about either ambiguous.
+                problems.append(BundleProblem(f.name, _RESERVED_ID, p.line, annotated))
             elif src.policy_id in seen:
                 first = seen[src.policy_id]
                 where = first.file if first.line is None else f"{first.file}:{first.line}"
@@ -264,7 +268,9 @@ def _sources(parsed: list[ParsedFile], problems: list[BundleProblem]) -> dict[st
     return sources
 
 
-_BAD_ID = f"@id may hold only the characters [{ID_CHARS}], at most {MAX_ID} of them"
+_BAD_ID = f"@id may hold only the characters [{ID_CHARS}], 1 to {MAX_ID} of them"
+_POSITIONAL = re.compile(r"^policy[0-9]+$")
+_RESERVED_ID = "@id of the form policyN is reserved: it names un-annotated policies"
 
 
 def _validate(

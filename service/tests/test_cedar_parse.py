@@ -146,13 +146,24 @@ def test_a_link_id_that_would_make_attribution_ambiguous_is_refused(new_id: str)
 _user = {"type": "User", "id": "u"}
 
 
-@pytest.mark.parametrize("annotated", ["a`b", "with space", "x" * 201])
+@pytest.mark.parametrize("annotated", ["a`b", "with space", "x" * 201, ""])
 def test_an_id_annotation_outside_the_charset_is_refused(annotated: str) -> None:
     text = f"permit(principal, action, resource);\n\n@id({json.dumps(annotated)})\nforbid(principal, action, resource);"
     with pytest.raises(BundleError) as err:
         compile_files(bundle_files({"p.cedar": text}))
     assert [str(p) for p in err.value.problems] == [
-        f"p.cedar:3 [{annotated!r}]: @id may hold only the characters [A-Za-z0-9_.:/-], at most 200 of them"
+        f"p.cedar:3 [{annotated!r}]: @id may hold only the characters [A-Za-z0-9_.:/-], 1 to 200 of them"
+    ]
+
+
+def test_an_id_annotation_of_the_positional_form_is_refused() -> None:
+    # Un-annotated policies are reported as policyN: a policy claiming another's name
+    # (here policy0, the permit's) would make every report about either ambiguous.
+    text = 'permit(principal, action, resource);\n\n@id("policy0")\nforbid(principal, action, resource);'
+    with pytest.raises(BundleError) as err:
+        compile_files(bundle_files({"p.cedar": text}))
+    assert [str(p) for p in err.value.problems] == [
+        "p.cedar:3 [policy0]: @id of the form policyN is reserved: it names un-annotated policies"
     ]
 
 
