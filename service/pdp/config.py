@@ -17,13 +17,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from pdp.model import DEFAULT_TENANT
+from pdp.model import DEFAULT_TENANT, TENANT_NAME
 from pdp.tenants import BundleSources
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_BATCH_ITEMS = 100
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 LISTEN = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_TENANT = "default"
+# What a tenant may be called: names reach logs, status and health, so no odd characters.
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 CedarJson = Any  # a value in Cedar's JSON value format
 

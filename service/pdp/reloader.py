@@ -44,6 +44,7 @@ class Reloader:
         self._sources = sources
         self._lock = threading.Lock()  # one reload at a time; swaps never interleave
         self._status: dict[str, TenantStatus] = {}
+        self._ignored: set[str] = set()  # bundles_dir entries already warned about
         self._unreadable: str | None = None  # why bundles_dir could not be listed, last time
 
     @property
@@ -80,6 +81,9 @@ class Reloader:
             if found.unreadable and found.unreadable != self._unreadable:  # said once
                 log.error("bundles_dir: %s; its tenants keep their bundles", found.unreadable)
             self._unreadable = found.unreadable
+            for name in sorted(set(found.ignored) - self._ignored):  # each said once
+                log.warning("bundles_dir: ignoring %r: not a tenant name", name)
+            self._ignored = set(found.ignored)
             for tenant, message in sorted(found.conflicts.items()):
                 self._failed(tenant, message, bundles.get(tenant))
                 failures.append(BundleError(f"tenant {tenant}", [BundleProblem("", message)]))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdp.bundle_files import ARCHIVE_SUFFIXES, BundleFiles, read_bundle_files
+from pdp.model import TENANT_NAME
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Tenants:
     sources: dict[str, TenantSource] = field(default_factory=dict)
     conflicts: dict[str, str] = field(default_factory=dict)  # tenant -> both paths
     unreadable: str | None = None  # why bundles_dir could not be listed
+    ignored: tuple[str, ...] = ()  # bundles_dir entries whose name is no tenant name
 
 
 class BundleSources:
@@ -50,6 +52,7 @@ class BundleSources:
     def scan(self) -> Tenants:
         sources = dict(self._bundles)
         conflicts: dict[str, str] = {}
+        ignored: list[str] = []
         if self._dir is None:
             return Tenants(sources)
         try:
@@ -62,6 +65,11 @@ class BundleSources:
                 name = name.removesuffix(suffix)
             if p.name.startswith(".") or not (name != p.name or p.is_dir()):
                 continue
+            if not TENANT_NAME.fullmatch(name):
+                # A name with a newline or a control character would forge log lines
+                # and health service names: never a tenant (config refuses it too).
+                ignored.append(p.name)
+                continue
             if name in conflicts:
                 conflicts[name] += f" and {p}"
             elif name in sources:
@@ -69,7 +77,7 @@ class BundleSources:
                 conflicts[name] += f" and {p}"
             else:
                 sources[name] = TenantSource(p, f"bundles_dir {self._dir}", within=self._dir)
-        return Tenants(sources, conflicts)
+        return Tenants(sources, conflicts, ignored=tuple(ignored))
 
     def read(self, source: TenantSource) -> BundleFiles:
         return read_bundle_files(

@@ -252,3 +252,23 @@ def test_a_context_cedar_cannot_read_is_refused_naming_context_json() -> None:
             pb_grpc.AuthorizationServiceStub(ch).Check(request)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith("context"), err.value.details()
+
+
+def test_a_bundles_dir_entry_named_to_forge_log_lines_is_no_tenant(tmp_path: Path) -> None:
+    """A directory name is a tenant name, logged and used as a health service name: one
+    holding a newline wrote a forged line into the log. It is ignored, said once, quoted."""
+    root = tmp_path / "bundles"
+    root.mkdir()
+    shutil.copytree(DOCS_BUNDLE, root / "acme")
+    shutil.copytree(DOCS_BUNDLE, root / "x\nERROR tenant acme: bundle refused")
+    with running_server(["--bundles-dir", str(root), "--no-watch"]) as srv, srv.channel() as ch:
+        stub = pb_grpc.AuthorizationServiceStub(ch)
+        request = pb.CheckRequest(
+            tenant="acme",
+            principal=vpb.EntityUid(type="User", id="alice"),
+            action=vpb.EntityUid(type="Action", id="read"),
+            resource=vpb.EntityUid(type="Document", id="doc1"),
+        )
+        assert stub.Check(request).decision in (pb.DECISION_ALLOW, pb.DECISION_DENY)
+        srv.wait_for_log(r"ignoring 'x\\nERROR tenant acme: bundle refused': not a tenant name")
+    assert not any(line.startswith("ERROR tenant acme") for line in srv.lines), srv.log()

@@ -43,8 +43,8 @@ from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp._proto.v1 import value_pb2 as vpb
 from pdp.bundle import compile_bundle
 from pdp.bundle_files import BundleFiles
-from pdp.config import TENANT_NAME
 from pdp.errors import BundleError
+from pdp.model import TENANT_NAME
 
 from . import cedar_values
 from .support import TESTDATA, ServerProcess, pdp_command, running_server
