@@ -28,10 +28,9 @@ from pdp.engine import _result
 from pdp.errors import BundleError
 from pdp.model import Decision
 
-from .support import REPO, running_server
+from .support import running_server
+from .test_conformance import ARCHIVE, CORPUS, CORPUS_FILES, _load, _read_archive, _tests
 
-CORPUS = REPO.parent / "shared" / "conformance" / "cedar-corpus"
-CORPUS_FILES = 2_000
 SCHEMA = "entity User { blocked: Bool };\nentity R;\naction a appliesTo { principal: User, resource: R };\n"
 
 
@@ -207,21 +206,25 @@ def test_an_error_not_attributable_to_a_known_permit_turns_allow_into_deny(
 
 
 def test_every_corpus_policies_file_is_parsed_as_cedar_parses_it() -> None:
-    tests = sorted(p for p in CORPUS.glob("corpus-tests/*.json") if ".entities." not in p.name)
-    assert len(tests) == CORPUS_FILES, f"conformance corpus missing at {CORPUS}"
+    # The corpus ships with the tests (testdata/cedar-conformance.tar.xz), read as the
+    # conformance tests read it.
+    archive = _read_archive(ARCHIVE)
+    tests = [
+        _load(archive, CORPUS, label, label) for label in _tests(archive, CORPUS, "corpus-tests")
+    ]
+    assert len(tests) == CORPUS_FILES
     policies_seen = 0
-    for path in tests:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        text = (CORPUS / data["policies"]).read_text(encoding="utf-8")
+    for test in tests:
+        text = test.policies.decode("utf-8")
         files = {
             "manifest.json": b'{"name": "c", "version": "1", "validation": "off"}',
-            "schema.cedarschema": (CORPUS / data["schema"]).read_bytes(),
-            "policies.cedar": text.encode(),
+            "schema.cedarschema": test.schema,
+            "policies.cedar": test.policies,
         }
         bundle = compile_files(files)
         expected = cedar_view(text)
-        assert bundle_view(bundle) == expected, path.name
-        assert len(bundle.policy_set) == len(cedarpy.PolicySet.from_str(text)), path.name
+        assert bundle_view(bundle) == expected, test.label
+        assert len(bundle.policy_set) == len(cedarpy.PolicySet.from_str(text)), test.label
         policies_seen += len(expected)
     assert policies_seen >= CORPUS_FILES  # each file holds at least one policy
 
