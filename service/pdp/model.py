@@ -42,9 +42,13 @@ class RequestEntities:
     """Entities supplied with a request: a Cedar JSON entity list as text.
 
     Kept as text so that a batch can share one parse among the items that use it.
+    `items` is the same list already parsed, where the adapter parsed it (strictly, with
+    no repeated keys), so the trust check does not parse it again; it takes no part in
+    equality or hashing.
     """
 
     json: str
+    items: list[Any] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,10 +127,12 @@ def check_request_entities(trust: RequestTrust, delta: RequestEntities, index: i
     # A repeated key ({"uid": A, "uid": B}) reads as B here; Cedar refuses every repeated
     # field of an entity, uid or parent, so a request cannot pass this check as B and be
     # evaluated as A (test_trust: test_a_repeated_key_cannot_smuggle_an_entity).
-    try:
-        items = json.loads(delta.json)
-    except ValueError as exc:
-        raise InvalidRequest("entities", f"not valid JSON: {exc}", index) from exc
+    items = delta.items
+    if items is None:  # not parsed by the adapter (e.g. in-process callers)
+        try:
+            items = json.loads(delta.json)
+        except ValueError as exc:
+            raise InvalidRequest("entities", f"not valid JSON: {exc}", index) from exc
     if not isinstance(items, list):
         raise InvalidRequest("entities", "must be a JSON list of Cedar entities", index)
     for i, item in enumerate(items):

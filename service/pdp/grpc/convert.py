@@ -146,11 +146,11 @@ def entities(
             raise InvalidRequest(name, f"{count} entities (with {field}) exceed the limit of {cap}")
         _cap_parents(name, typed, parsed, limits.max_request_entity_parents)
         if not items:
-            return RequestEntities(text)
+            return RequestEntities(text, parsed)
         items += parsed
     if not items:
         return None
-    return RequestEntities(json.dumps(items, separators=(",", ":")))
+    return RequestEntities(json.dumps(items, separators=(",", ":")), items)
 
 
 def _cap_parents(field: str, typed: Sequence[vpb.Entity], parsed: list[Any], cap: int) -> None:
