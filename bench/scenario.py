@@ -130,6 +130,28 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+# The default bundle (1.1.0) asks admins and sensitive actions for a second factor, a
+# trusted device and a fresh, active session: every shape states them, as a stepped-up
+# caller's PEP would, so the decisions stay those of the roles being measured.
+CONTEXT_JSON = _json({"mfa": True, "device_trusted": True, "session_age": "20m", "idle": "2m"})
+# The default bundle accepts no request entities; the `-ent` shapes are decided against
+# the same policies with a manifest that lets requests supply users (in roles), projects
+# and documents, the facts a Cerbos-style caller sends with every call (`bench_bundle_files`).
+BENCH_TRUST = {
+    "authoritative_types": ["Org", "Role", "Agent", "Report", "Invoice", "Customer", "Source"]
+    + ["Tool"],
+    "request_entities": {"User": {"parents": ["Role"]}, "Document": {}, "Project": {}},
+}
+
+
+def bench_bundle_files(files: Any) -> Any:
+    """The default bundle's files with BENCH_TRUST in its manifest."""
+    from pdp.bundle_files import BundleFiles
+
+    manifest = {**json.loads(files.files["manifest.json"]), **BENCH_TRUST}
+    return BundleFiles(files.source, {**files.files, "manifest.json": _json(manifest).encode()})
+
+
 # ------------------------------------------------------------------------- shapes --
 @dataclass(frozen=True)
 class Shape:
@@ -168,12 +190,13 @@ def shape_check() -> Shape:
         principal=_euid("User", "bob"),
         action=_euid("Action", "edit"),
         resource=_euid("Document", "doc-1"),
+        context_json=CONTEXT_JSON,
     )
     return Shape("check", "Check", msg, [ALLOW])
 
 
 def shape_batch() -> Shape:
-    msg = pb.CheckBatchRequest(principal=_euid("User", "bob"))
+    msg = pb.CheckBatchRequest(principal=_euid("User", "bob"), context_json=CONTEXT_JSON)
     for type_, id_, action, _ in BATCH_BASE:
         msg.items.add(action=_euid("Action", action), resource=_euid(type_, id_))
     return Shape("batch", "CheckBatch", msg, [e for *_, e in BATCH_BASE])
@@ -186,6 +209,7 @@ def shape_check_ent() -> Shape:
         action=_euid("Action", "edit"),
         resource=_euid("Document", "bench-doc-00"),
         entities_json=_json([BENCH_PRINCIPAL, doc]),
+        context_json=CONTEXT_JSON,
     )
     return Shape("check-ent", "Check", msg, [ALLOW])
 
@@ -194,6 +218,7 @@ def shape_batch_ent() -> Shape:
     msg = pb.CheckBatchRequest(
         principal=_euid("User", "bench-bob"),
         entities_json=_json([BENCH_PRINCIPAL, *(d for d, _ in BENCH_DOCS)]),
+        context_json=CONTEXT_JSON,
     )
     expected: list[str] = []
     for doc, outcome in BENCH_DOCS:
@@ -231,11 +256,16 @@ def grpc_unframe(data: bytes) -> bytes:
 
 # --------------------------------------------------------------------------- CLI --
 def _engine() -> Any:
-    from pdp.bundle import load_bundle
+    from pdp.bundle import compile_bundle
+    from pdp.bundle_files import read_bundle_files
     from pdp.config import default_bundle
     from pdp.engine import Engine, Snapshot
 
-    return Engine(Snapshot.of({"default": load_bundle(default_bundle())}))
+    return Engine(
+        Snapshot.of(
+            {"default": compile_bundle(bench_bundle_files(read_bundle_files(default_bundle())))}
+        )
+    )
 
 
 def engine_decisions(engine: Any, shape: Shape) -> list[str]:

@@ -41,6 +41,9 @@ def check_input(principal: str, action: str, resource: str, **kw: Any) -> CheckI
     return CheckInput(ref(principal), ref(action), ref(resource), **kw)
 
 
+STEPPED_UP = json.loads(scenario.CONTEXT_JSON)  # what bundle 1.1.0 asks of admins and refunds
+
+
 # --------------------------------------------------------------------------- check --
 @pytest.mark.benchmark(group="check")
 def test_check_allow(benchmark: Any, engine: Engine) -> None:
@@ -52,7 +55,9 @@ def test_check_allow(benchmark: Any, engine: Engine) -> None:
 
 @pytest.mark.benchmark(group="check")
 def test_check_deny(benchmark: Any, engine: Engine) -> None:
-    req = check_input('User::"alice"', 'Action::"read"', 'Document::"globex-doc-1"')
+    req = check_input(
+        'User::"alice"', 'Action::"read"', 'Document::"globex-doc-1"', context=STEPPED_UP
+    )
     result = benchmark(engine.check, "", req)
     assert result.decision is DENY
     assert list(result.determining_policies) == ["tenant-isolation-forbid-cross-org"]
@@ -65,7 +70,13 @@ def test_check_refund_context(benchmark: Any, engine: Engine) -> None:
         'User::"dave"',
         'Action::"refund"',
         'Invoice::"inv-1001"',
-        context={"amount_cents": 5000, "reason": "duplicate charge"},
+        context={
+            **STEPPED_UP,
+            "amount_cents": 5000,
+            "reason": "duplicate charge",
+            "currency": "EUR",
+            "customer": scenario.ent("Customer", "cust-1"),
+        },
     )
     result = benchmark(engine.check, "", req)
     assert result.decision is ALLOW
@@ -163,7 +174,7 @@ def test_cedarpy_floor(benchmark: Any, bundle: Bundle, n: int) -> None:
             "principal": i.principal.as_cedar(),
             "action": i.action.as_cedar(),
             "resource": i.resource.as_cedar(),
-            "context": {},
+            "context": STEPPED_UP,
         }
         for i in inputs
     ]
