@@ -502,6 +502,16 @@ def main(argv: list[str] | None = None) -> int:
 
         SHAPES, write = cerbos_requests.shapes(), cerbos_requests.iter_write
         args.bundle = args.bundle or cerbos_requests.BUNDLE
+    elif args.bundle is None:
+        # The `-ent` shapes need a bundle that accepts their request entities: the default
+        # bundle's files with scenario.BENCH_TRUST, written where the bodies go.
+        from pdp.bundle_files import build_archive, read_bundle_files
+        from pdp.config import default_bundle
+
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        args.bundle = args.workdir / "bench-bundle.tar.gz"
+        files = scenario.bench_bundle_files(read_bundle_files(default_bundle()))
+        args.bundle.write_bytes(build_archive(files))
     args.shapes = args.shapes or list(SHAPES)
     unknown = [n for n in args.shapes if n not in SHAPES]
     if unknown:
