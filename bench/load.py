@@ -99,10 +99,19 @@ def pin(cpu: str | None, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *cmd] if cpu else cmd
 
 
-def start_server(args: argparse.Namespace, work: Path, stamp: str) -> Server:
+def start_server(
+    args: argparse.Namespace,
+    work: Path,
+    stamp: str,
+    *,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """`pdp serve` with the bench's flags and `extra` ones; `env` replaces the environment
+    (transport_ab.py runs exported revisions through PYTHONPATH)."""
     pdp = Path(sys.executable).parent / "pdp"
-    cmd = [str(pdp)] if pdp.exists() else [sys.executable, "-m", "pdp"]
-    cmd += ["serve", "--listen", f"{HOST}:{args.port}", "--no-watch"]
+    cmd = [str(pdp)] if pdp.exists() and env is None else [sys.executable, "-m", "pdp"]
+    cmd += ["serve", "--listen", f"{HOST}:{args.port}", "--no-watch", *(extra or [])]
     if args.workers > 1:
         cmd += ["--workers", str(args.workers)]
     if args.bundle:
@@ -111,7 +120,9 @@ def start_server(args: argparse.Namespace, work: Path, stamp: str) -> Server:
     log(f"starting {' '.join(pin(args.server_cpu, cmd))}")
     with log_path.open("wb") as out:
         # taskset execs into pdp, so the Popen pid is the server's own pid.
-        proc = subprocess.Popen(pin(args.server_cpu, cmd), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            pin(args.server_cpu, cmd), stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     server = Server(proc, 0, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -16,7 +16,6 @@ Groups:
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -133,9 +132,9 @@ def test_check_batch_40(benchmark: Any, engine: Engine, shape: str) -> None:
 
 # ------------------------------------------------------------------------ servicer --
 class _NoContext:
-    """Stands in for grpc.aio.ServicerContext: only used on errors, which must not happen."""
+    """Stands in for grpc.ServicerContext: only used on errors, which must not happen."""
 
-    async def abort(self, code: Any, details: str) -> None:
+    def abort(self, code: Any, details: str) -> None:
         raise AssertionError(f"servicer aborted: {code} {details}")
 
 
@@ -148,17 +147,11 @@ def test_servicer_wire_to_wire(benchmark: Any, engine: Engine, shape: str) -> No
     request_type = type(s.message)
     wire = s.message.SerializeToString()
     ctx = _NoContext()
-    # One event loop, as in the server: a batch yields to it between slices of items.
-    loop = asyncio.new_event_loop()
 
     def call() -> bytes:
-        request = request_type.FromString(wire)
-        return bytes(loop.run_until_complete(method(request, ctx)).SerializeToString())
+        return bytes(method(request_type.FromString(wire), ctx).SerializeToString())
 
-    try:
-        out = benchmark(call)
-    finally:
-        loop.close()
+    out = benchmark(call)
     assert s.decode_decisions(out) == s.expected
 
 

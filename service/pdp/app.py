@@ -3,6 +3,10 @@
 Phases: load every bundle (exit on failure) -> start gRPC -> SERVING -> watch and
 reload -> on signal: NOT_SERVING, stop accepting, finish in-flight calls within
 the grace period.
+
+Calls are answered on the gRPC server's own worker threads; this module's asyncio loop,
+on the main thread, only handles signals, file watching and reloads (compiled in a
+worker thread and swapped in with one reference assignment), never a call.
 """
 
 from __future__ import annotations
@@ -55,13 +59,14 @@ class App:
                 await asyncio.to_thread(self.reloader.reload, tenants)
             except Exception:  # the reloader reports bundle failures itself; this is a bug
                 log.exception("reload failed; the served bundles are unchanged")
-            await self._update_health()
+            self._update_health()
 
-    async def _update_health(self) -> None:
+    def _update_health(self) -> None:
         # SERVING only while some tenant can be decided; once draining, the health
         # servicer stays NOT_SERVING whatever is set here.
+        snapshot = self.engine.snapshot
         if self._server is not None:
-            await self._server.set_serving(self.reloader.serving)
+            self._server.set_serving(snapshot.bundles.keys() if snapshot else ())
 
     def request_stop(self) -> None:
         if self._stop.is_set():
@@ -87,11 +92,12 @@ class App:
             limits=Limits.of(s),
             max_concurrent_streams=s.max_concurrent_streams,
             max_concurrent_rpcs=s.max_concurrent_rpcs,
+            threads=s.threads,
             reuse_port=self.reuse_port,
         )
-        await server.start()
         self._server = server
-        await self._update_health()
+        self._update_health()  # before the first call: the health servicer starts SERVING
+        server.start()
         host = s.listen.rsplit(":", 1)[0]
         snapshot = self.engine.snapshot
         tenants = sorted(snapshot.bundles) if snapshot else []
@@ -104,7 +110,7 @@ class App:
         with _signals(self):
             await self._stop.wait()
             try:
-                await server.enter_shutdown()  # health NOT_SERVING from here on
+                server.enter_shutdown()  # health NOT_SERVING from here on
                 if watcher:
                     watcher.cancel()
                     await asyncio.gather(watcher, *self._tasks, return_exceptions=True)
@@ -115,7 +121,7 @@ class App:
                     await asyncio.sleep(s.drain_seconds)
             finally:
                 log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
-                await server.stop(s.shutdown_grace_seconds)
+                await asyncio.to_thread(server.stop(s.shutdown_grace_seconds).wait)
         log.info("stopped")
 
     async def _watch(self) -> None:

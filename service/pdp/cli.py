@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-context-depth", type=int)
     serve.add_argument("--max-concurrent-streams", type=int, help="per connection")
     serve.add_argument("--max-concurrent-rpcs", type=int, help="server-wide")
+    serve.add_argument("--threads", type=int, help="worker threads answering calls")
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="ask for one decision")
@@ -168,6 +169,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "max_context_depth",
             "max_concurrent_streams",
             "max_concurrent_rpcs",
+            "threads",
         )
         if (v := getattr(args, k)) is not None
     }

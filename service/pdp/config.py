@@ -23,6 +23,7 @@ from pdp.tenants import BundleSources
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_BATCH_ITEMS = 100
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_THREADS = 8  # measured: bench/RESULTS.md, 2026-12-01
 LISTEN = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
 
 
@@ -100,6 +101,12 @@ class Settings(BaseSettings):
 
     max_concurrent_streams: int = Field(32, ge=1, le=10_000)
     """HTTP/2 streams one connection may have open (`grpc.max_concurrent_streams`)."""
+
+    threads: int = Field(DEFAULT_THREADS, ge=1, le=1024)
+    """Worker threads answering calls in one server process. cedarpy holds the GIL, so
+    threads do not add cores (`workers` does); a few let grpcio overlap its own I/O with
+    decisions. Calls beyond them wait in a queue (bounded by `max_concurrent_rpcs`); an open
+    reflection stream holds a thread (a health `Watch` does not: it is non-blocking)."""
 
     max_concurrent_rpcs: int = Field(100, ge=1, le=100_000)
     """RPCs the server handles at once, over all connections; more get RESOURCE_EXHAUSTED.

@@ -159,6 +159,8 @@ LIMITS_OUT_OF_RANGE = {
             for name, bad in LIMITS_OUT_OF_RANGE.items()
         ),
         ([], {"PDP_MAX_CONCURRENT_RPCS": "0"}, "invalid setting max_concurrent_rpcs"),
+        (["--threads", "0"], {}, "invalid setting threads"),
+        ([], {"PDP_THREADS": "2000"}, "invalid setting threads"),
         (["--config", "/no/such.toml"], {}, "invalid"),
     ],
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -26,28 +26,24 @@ MAX_DETAILS = 2000  # status details travel in HTTP/2 trailers, which peers cap 
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
+Handler = Callable[[Any, Req, grpc.ServicerContext], Resp]
 
 
 def handle_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Turn core errors into their status; anything unexpected into INTERNAL (never a decision)."""
 
     @functools.wraps(method)
-    async def wrapper(
-        self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
-    ) -> Resp:
+    def wrapper(self: Any, request: Req, context: grpc.ServicerContext) -> Resp:
         try:
-            return await method(self, request, context)
+            return method(self, request, context)
         except PdpError as exc:
             details = exc.message
             if len(details) > MAX_DETAILS:
                 details = details[: MAX_DETAILS - 14] + " …(truncated)"
-            await context.abort(GRPC_STATUS[exc.code], details)
+            context.abort(GRPC_STATUS[exc.code], details)
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error; the request was not decided"
-            )
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; the request was not decided")
         raise AssertionError("unreachable: abort() raises")
 
     return wrapper

@@ -45,7 +45,7 @@ def _lenient(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
     return deserialize
 
 
-def add_authorization_service(servicer: Any, server: grpc.aio.Server) -> None:
+def add_authorization_service(servicer: Any, server: grpc.Server) -> None:
     """Like the generated `add_AuthorizationServiceServicer_to_server`, decoding leniently."""
     methods: dict[str, tuple[Any, type[Message], type[Message]]] = {
         "Check": (servicer.Check, pb.CheckRequest, pb.CheckResponse),
@@ -62,5 +62,5 @@ def add_authorization_service(servicer: Any, server: grpc.aio.Server) -> None:
     service = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     # As the generated code does: registered methods skip the generic lookup per call (the
-    # grpc stubs do not declare it on aio.Server yet).
+    # grpc stubs do not declare it on grpc.Server yet).
     server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
