@@ -4,6 +4,8 @@
 # server on CPU 0, h2load on CPU 1; 127.0.0.1 only; about 40 s.
 #
 #   bench/mixed.sh            (run from the repository root; needs h2load, taskset)
+#   PYTHONPATH=/tmp/cedar-pdp-ab/base-REV/service bench/mixed.sh   (an exported revision's
+#                             server, as bench/transport_ab.py exports them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v h2load >/dev/null || {
@@ -14,9 +16,20 @@ PY=.venv/bin/python
 W="${WORK:-/tmp/cedar-pdp-mixed}"
 mkdir -p "$W"
 "$PY" bench/scenario.py write "$W/bodies" >/dev/null
+# The -ent shapes need the bench bundle (default policies + scenario.BENCH_TRUST), as load.py serves.
+"$PY" -c '
+import sys; sys.path.insert(0, "bench")
+from pathlib import Path
+import scenario
+from pdp.bundle_files import build_archive, read_bundle_files
+from pdp.config import default_bundle
+files = scenario.bench_bundle_files(read_bundle_files(default_bundle()))
+Path(sys.argv[1]).write_bytes(build_archive(files))
+' "$W/bench-bundle.tar.gz"
 H=(-H 'content-type: application/grpc' -H 'te: trailers')
 
-taskset -c 0 .venv/bin/pdp serve --listen 127.0.0.1:0 --no-watch >"$W/pdp.log" 2>&1 &
+taskset -c 0 "$PY" -m pdp serve --listen 127.0.0.1:0 --no-watch --bundle "$W/bench-bundle.tar.gz" \
+  >"$W/pdp.log" 2>&1 &
 SRV=$!
 trap 'kill -TERM $SRV; wait $SRV 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q listening "$W/pdp.log" && break; sleep 0.1; done

@@ -12,6 +12,9 @@ Groups:
             decode, convert, engine, convert, encode (what one server call costs in Python)
   floor     cedarpy.is_authorized_batch alone with the bundle's pre-parsed handles, the
             lower bound the engine's own overhead is measured against
+  layer     the `check` shape three ways: bare cedarpy.is_authorized with the same
+            pre-parsed handles and the same request; Engine.check; the servicer wire to
+            wire (issue 7 §4: Engine.check within 1.2x of bare, the servicer within 1.5x)
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import cedarpy
 import pytest
 import scenario
 
+from pdp._proto.v1 import authorization_pb2 as pb
 from pdp.bundle import Bundle
 from pdp.engine import Engine
 from pdp.grpc.servicer import AuthorizationServicer
@@ -177,3 +181,38 @@ def test_cedarpy_floor(benchmark: Any, bundle: Bundle, n: int) -> None:
 
     out = benchmark(call)
     assert [r.decision.name.upper() for r in out] == s.expected
+
+
+# --------------------------------------------------------------------------- layer --
+@pytest.mark.benchmark(group="layer")
+def test_layer_bare_is_authorized(benchmark: Any, bundle: Bundle) -> None:
+    """The floor of one decision: cedarpy.is_authorized, the check shape's exact request."""
+    [i] = scenario.check_inputs(scenario.SHAPES["check"])
+    request = {
+        "principal": i.principal.as_cedar(),
+        "action": i.action.as_cedar(),
+        "resource": i.resource.as_cedar(),
+        "context": i.context,  # the request's context_json text, as the engine passes it
+    }
+    out = benchmark(
+        cedarpy.is_authorized, request, bundle.policy_set, bundle.entities, bundle.schema
+    )
+    assert out.decision.name.upper() == "ALLOW"
+
+
+@pytest.mark.benchmark(group="layer")
+def test_layer_engine_check(benchmark: Any, engine: Engine) -> None:
+    [i] = scenario.check_inputs(scenario.SHAPES["check"])
+    assert benchmark(engine.check, "", i).decision is ALLOW
+
+
+@pytest.mark.benchmark(group="layer")
+def test_layer_servicer_check(benchmark: Any, engine: Engine) -> None:
+    s = scenario.SHAPES["check"]
+    check = AuthorizationServicer(engine, max_batch_items=100).Check
+    wire, ctx = s.message.SerializeToString(), _NoContext()
+
+    def call() -> bytes:
+        return bytes(check(pb.CheckRequest.FromString(wire), ctx).SerializeToString())
+
+    assert s.decode_decisions(benchmark(call)) == ["ALLOW"]

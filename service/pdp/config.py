@@ -23,7 +23,7 @@ from pdp.tenants import BundleSources
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_BATCH_ITEMS = 100
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-DEFAULT_THREADS = 8  # measured: bench/RESULTS.md, 2026-12-01
+DEFAULT_THREADS = 4  # measured: bench/RESULTS.md, 2026-12-01
 LISTEN = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
 
 

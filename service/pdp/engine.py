@@ -137,7 +137,9 @@ def evaluate(
 
 def _cedar_request(req: CheckInput, contexts: dict[int, str]) -> dict[str, Any]:
     context = req.context
-    if not isinstance(context, str):
+    if not context:
+        context = "{}"  # the usual empty context, without a json.dumps per request
+    elif not isinstance(context, str):
         key = id(context)
         if key not in contexts:
             contexts[key] = json.dumps(context, separators=(",", ":"))

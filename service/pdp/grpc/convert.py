@@ -5,6 +5,7 @@ Every rejection names the request field it is about, e.g. `items[2].context.amou
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,15 @@ from pdp._proto.v1 import value_pb2 as vpb
 from pdp.config import Settings
 from pdp.errors import InvalidRequest
 from pdp.grpc import strict_json
-from pdp.model import TYPE_NAME, CheckInput, CheckResult, Decision, EntityRef, RequestEntities
+from pdp.model import (
+    TYPE_NAME,
+    BundleVersion,
+    CheckInput,
+    CheckResult,
+    Decision,
+    EntityRef,
+    RequestEntities,
+)
 
 _EXTENSIONS = {"ipaddr": "ip", "decimal": "decimal", "datetime": "datetime", "duration": "duration"}
 _MAX_DEPTH = 32  # nesting of sets/records; deeper values are refused, not recursed into
@@ -25,11 +34,12 @@ _DECISIONS = {Decision.ALLOW: pb.DECISION_ALLOW, Decision.DENY: pb.DECISION_DENY
 
 
 def entity_ref(field: str, uid: vpb.EntityUid) -> EntityRef:
-    if not uid.type:
+    type_ = uid.type  # each read of a protobuf field builds a new str
+    if not type_:
         raise InvalidRequest(f"{field}.type", "must not be empty")
-    if not TYPE_NAME.fullmatch(uid.type):
-        raise InvalidRequest(f"{field}.type", f"{uid.type!r} is not a Cedar entity type name")
-    return EntityRef(uid.type, uid.id)
+    if not TYPE_NAME.fullmatch(type_):
+        raise InvalidRequest(f"{field}.type", f"{type_!r} is not a Cedar entity type name")
+    return EntityRef(type_, uid.id)
 
 
 def _required_ref(field: str, holder: Any, name: str) -> EntityRef:
@@ -129,6 +139,8 @@ def entities(
     field: str, typed: Sequence[vpb.Entity], text: str, limits: Limits = DEFAULT_LIMITS
 ) -> RequestEntities | None:
     """Request entities as Cedar JSON, or None when none are given."""
+    if not typed and not text:
+        return None  # the usual case, without the caps' walks over nothing
     cap = limits.max_request_entities
     if len(typed) > cap:
         raise InvalidRequest(field, f"{len(typed)} entities exceed the limit of {cap}")
@@ -241,12 +253,17 @@ def batch_error_field(req: pb.CheckBatchRequest, exc: InvalidRequest) -> Invalid
     return exc
 
 
+@functools.lru_cache(maxsize=256)
+def _policy_version(v: BundleVersion) -> pb.PolicyVersion:
+    """One message per bundle version, built once: a response copies it (never mutated)."""
+    return pb.PolicyVersion(bundle=v.name, version=v.version, digest=v.digest)
+
+
 def check_response(result: CheckResult) -> pb.CheckResponse:
-    v = result.version
     return pb.CheckResponse(
         decision=_DECISIONS[result.decision],
         determining_policies=result.determining_policies,
         errors=[pb.PolicyError(policy_id=e.policy_id, message=e.message) for e in result.errors],
-        policy_version=pb.PolicyVersion(bundle=v.name, version=v.version, digest=v.digest),
+        policy_version=_policy_version(result.version),
         decision_id=result.decision_id,
     )

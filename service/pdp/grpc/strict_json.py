@@ -28,12 +28,17 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# One decoder for every call: `json.loads(text, object_pairs_hook=...)` builds a decoder
+# (and its scanner) per call, which cost more than parsing a small context.
+_STRICT = json.JSONDecoder(object_pairs_hook=_unique)
+
+
 def loads(field: str, text: str, max_depth: int | None) -> Any:
     """`text` parsed, or InvalidRequest naming `field` (and the path inside it). With a
     `max_depth`, deeper documents are refused; without, only those past the parser's own
     limit (~1000 levels)."""
     try:
-        value = json.loads(text, object_pairs_hook=_unique)
+        value = _STRICT.decode(text)
     except _Repeated:
         # Only a refused document pays for the second parse that locates the key.
         path = _repeated_key(json.loads(text, object_pairs_hook=_Pairs))
