@@ -20,6 +20,7 @@ from typing import Any
 import cedarpy
 
 from pdp.bundle import Bundle, locate_entity_errors
+from pdp.decision_cache import DecisionCache, decision_key
 from pdp.errors import InvalidRequest, NotReady, UnknownTenant
 from pdp.model import (
     DEFAULT_TENANT,
@@ -54,8 +55,17 @@ class Snapshot:
 
 
 class Engine:
-    def __init__(self, snapshot: Snapshot | None = None) -> None:
+    """Decides requests against the current snapshot, through the decision cache if given.
+
+    `bypass_cache=True` (the API's `CONSISTENCY_HIGHER_CONSISTENCY`) evaluates afresh
+    without reading the cache; the fresh decision is still stored, replacing the entry.
+    """
+
+    def __init__(
+        self, snapshot: Snapshot | None = None, cache: DecisionCache | None = None
+    ) -> None:
         self._snapshot = snapshot
+        self.cache = cache
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -64,7 +74,14 @@ class Engine:
     def swap(self, snapshot: Snapshot) -> None:
         # A single reference assignment: atomic, and in-flight decisions keep the
         # snapshot they already read.
-        self._snapshot = snapshot
+        old, self._snapshot = self._snapshot, snapshot
+        if self.cache is not None and old is not None:
+            # A changed bundle has a new digest, so its tenant's entries can no longer be
+            # hit: free them now rather than when they age out. (A decision in flight on
+            # the old bundle may still store one; it stays unreachable and ages out.)
+            for tenant, bundle in old.bundles.items():
+                if snapshot.bundles.get(tenant) is not bundle:
+                    self.cache.drop_tenant(tenant)
 
     def bundle(self, tenant: str) -> Bundle:
         snapshot = self._snapshot
@@ -75,11 +92,42 @@ class Engine:
             raise UnknownTenant(tenant or DEFAULT_TENANT)
         return bundle
 
-    def check(self, tenant: str, request: CheckInput) -> CheckResult:
-        return evaluate(self.bundle(tenant), [request])[0]
+    def check(self, tenant: str, request: CheckInput, *, bypass_cache: bool = False) -> CheckResult:
+        return self.check_batch(tenant, [request], bypass_cache=bypass_cache)[0]
 
-    def check_batch(self, tenant: str, requests: Sequence[CheckInput]) -> list[CheckResult]:
-        return evaluate(self.bundle(tenant), requests)
+    def check_batch(
+        self, tenant: str, requests: Sequence[CheckInput], *, bypass_cache: bool = False
+    ) -> list[CheckResult]:
+        bundle = self.bundle(tenant)  # every request on the same snapshot
+        cache = self.cache
+        if cache is None:
+            return evaluate(bundle, requests)
+        name = tenant or DEFAULT_TENANT
+        keys = [decision_key(name, bundle, r) for r in requests]
+        results: list[CheckResult | None] = [None] * len(requests)
+        misses: list[int] = []
+        for i, key in enumerate(keys):
+            hit = None if key is None or bypass_cache else cache.get(key)
+            if hit is None:
+                misses.append(i)
+            else:
+                results[i] = hit.result(_decision_id())
+        if not misses:
+            return [r for r in results if r is not None]
+        try:
+            fresh = evaluate(bundle, [requests[i] for i in misses])
+        except InvalidRequest:
+            if len(misses) == len(requests):
+                raise
+            # Raise the error a fresh evaluation of the whole batch raises: which item is
+            # reported must not depend on what happens to be cached.
+            return evaluate(bundle, requests)
+        for i, result in zip(misses, fresh, strict=True):
+            key = keys[i]
+            if key is not None:
+                cache.put(key, result)
+            results[i] = result
+        return [r for r in results if r is not None]
 
 
 def evaluate(

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 import grpc
 
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
-from pdp.engine import Engine, evaluate
+from pdp.engine import Engine
 from pdp.errors import InvalidRequest
 from pdp.grpc import convert
 from pdp.grpc.status import handle_errors
 from pdp.grpc.wire import Undecodable, decoded
-from pdp.model import CheckResult, RequestEntities
-
-SLICE = 8  # batch items decided between two yields to the event loop
 
 
 class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
@@ -34,7 +28,9 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         context: grpc.aio.ServicerContext[pb.CheckRequest, pb.CheckResponse],
     ) -> pb.CheckResponse:
         request = decoded(request)
-        result = self._engine.check(request.tenant, convert.check_input(request, self._limits))
+        inputs = convert.check_input(request, self._limits)
+        bypass = convert.bypass_cache(request)
+        result = self._engine.check(request.tenant, inputs, bypass_cache=bypass)
         return convert.check_response(result)
 
     @handle_errors
@@ -49,17 +45,9 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
                 "items", f"{len(request.items)} items exceed the limit of {self._max_batch_items}"
             )
         inputs = convert.batch_inputs(request, self._limits)
-        bundle = self._engine.bundle(request.tenant)  # every item on the same snapshot
-        parsed: dict[RequestEntities, Any] = {}
-        results: list[CheckResult] = []
+        bypass = convert.bypass_cache(request)
         try:
-            for start in range(0, len(inputs), SLICE):
-                if start:
-                    # Let other calls run between slices: a large batch holds the event
-                    # loop (and the GIL) for milliseconds otherwise.
-                    await asyncio.sleep(0)
-                chunk = inputs[start : start + SLICE]
-                results += evaluate(bundle, chunk, parsed=parsed, first_index=start)
+            results = self._engine.check_batch(request.tenant, inputs, bypass_cache=bypass)
         except InvalidRequest as exc:
             raise convert.batch_error_field(request, exc) from exc
         return pb.CheckBatchResponse(results=[convert.check_response(r) for r in results])
