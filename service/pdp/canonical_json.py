@@ -65,14 +65,31 @@ _DECODER = json.JSONDecoder(
 )
 
 
+# A caller repeating a request repeats its text: the canonical form of recent short texts
+# is remembered, by the exact text (a pure function, so nothing can be stale). Bounded:
+# at most MEMO_ENTRIES texts of MEMO_CHARS characters, whose forms are at most 6 times
+# longer (a `\uXXXX` escape per character): a few MiB. Emptied when full.
+MEMO_ENTRIES = 1024
+MEMO_CHARS = 512
+_memo: dict[str, str] = {}
+
+
 def canonical_text(text: str) -> str:
     """The canonical form of JSON `text`; NotCanonical if it has none."""
     if text == "{}":
         return text  # the usual empty context, without a parse
+    known = _memo.get(text)
+    if known is not None:
+        return known
     try:
-        return _value(_DECODER.decode(text))
+        form = _value(_DECODER.decode(text))
     except (ValueError, RecursionError) as exc:
         raise NotCanonical from exc
+    if len(text) <= MEMO_CHARS:
+        if len(_memo) >= MEMO_ENTRIES:
+            _memo.clear()  # a burst of distinct texts: start again rather than track age
+        _memo[text] = form
+    return form
 
 
 def canonical_value(value: Mapping[str, Any]) -> str:

@@ -93,7 +93,18 @@ class Engine:
         return bundle
 
     def check(self, tenant: str, request: CheckInput, *, bypass_cache: bool = False) -> CheckResult:
-        return self.check_batch(tenant, [request], bypass_cache=bypass_cache)[0]
+        bundle = self.bundle(tenant)
+        cache = self.cache
+        if cache is None:
+            return evaluate(bundle, [request])[0]
+        key = decision_key(tenant or DEFAULT_TENANT, bundle, request)
+        hit = None if key is None or bypass_cache else cache.get(key)
+        if hit is not None:
+            return hit.result(_decision_id())
+        result = evaluate(bundle, [request])[0]
+        if key is not None:
+            cache.put(key, result)
+        return result
 
     def check_batch(
         self, tenant: str, requests: Sequence[CheckInput], *, bypass_cache: bool = False

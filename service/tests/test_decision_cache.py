@@ -343,3 +343,18 @@ def test_threads_share_one_cache_within_its_bounds(docs: Bundle) -> None:
     assert not failures
     assert cache.hits + cache.misses == 1_600 and cache.hits > 0 and cache.evictions > 0
     assert cache.entries <= 50
+
+
+def test_the_canonical_form_memo_is_bounded_and_exact() -> None:
+    from pdp import canonical_json
+
+    for i in range(3 * canonical_json.MEMO_ENTRIES):
+        canonical_json.canonical_text(f'{{"b": {i}, "a": "{i}"}}')
+        assert len(canonical_json._memo) <= canonical_json.MEMO_ENTRIES
+    long = '{"a": "' + "x" * canonical_json.MEMO_CHARS + '"}'
+    canonical_json.canonical_text(long)
+    assert long not in canonical_json._memo
+    # Remembered by exact text: -0 and 0 stay two forms however often each is seen.
+    for _ in range(2):
+        assert canonical_json.canonical_text('{"n": -0}') == '{"n":-0}'
+        assert canonical_json.canonical_text('{"n": 0}') == '{"n":0}'

@@ -123,6 +123,8 @@ def answer(result: CheckResult) -> tuple[Any, ...]:
 
 def decide(engine: Engine, tenant: str, batch: list[CheckInput], bypass: bool) -> Any:
     try:
+        if len(batch) == 1:
+            return [engine.check(tenant, batch[0], bypass_cache=bypass)]
         return engine.check_batch(tenant, batch, bypass_cache=bypass)
     except InvalidRequest as exc:
         return ("invalid", exc.index, exc.message)
