@@ -23,6 +23,7 @@
 #   SERVER_CPU=0 LOADGEN_CPU=1    taskset pinning (empty = unpinned)
 #   QUIET_MAX=                    e.g. 10: before each run wait (max 120 s) for < 10 % other load
 #   ORDER="cerbos pdp"            which server goes first
+#   DECISION_CACHE=off            on: cedar-pdp serves with its decision cache (warm figures)
 #   CERBOS_DIR=/work/shared/bench/cerbos   COMPARE_WORK=/tmp/cerbos-compare
 set -euo pipefail
 
@@ -33,6 +34,8 @@ export SHAPES="${SHAPES:-a b}" CONCURRENCY="${CONCURRENCY:-1 16 64}" CONNS="${CO
 export LOW_RPS_a="${LOW_RPS_a:-200}" LOW_RPS_b="${LOW_RPS_b:-200}"
 export SERVER_CPU="${SERVER_CPU-0}" LOADGEN_CPU="${LOADGEN_CPU-1}" QUIET_MAX="${QUIET_MAX:-}"
 ORDER="${ORDER:-cerbos pdp}"
+CACHE_ARGS=()
+[[ "${DECISION_CACHE:-off}" == on ]] && CACHE_ARGS=(--decision-cache)
 CERBOS_DIR="${CERBOS_DIR:-/work/shared/bench/cerbos}"
 WORK="${COMPARE_WORK:-/tmp/cerbos-compare}"
 PY="$REPO/.venv/bin/python"
@@ -81,7 +84,7 @@ run_pdp() {
   # shellcheck disable=SC2086  # SHAPES and CONCURRENCY are word lists
   "$PY" "$HERE/load.py" --scenario cerbos --duration "$DURATION" --warmup "$WARMUP" \
     --runs "$RUNS" --shapes $SHAPES --concurrency $CONCURRENCY --conns "$CONNS" \
-    "${RATE_ARGS[@]}" --server-cpu "$SERVER_CPU" --loadgen-cpu "$LOADGEN_CPU" \
+    "${RATE_ARGS[@]}" "${CACHE_ARGS[@]}" --server-cpu "$SERVER_CPU" --loadgen-cpu "$LOADGEN_CPU" \
     --quiet-max "${QUIET_MAX:-0}" --workdir "$WORK/pdp" | tee "$WORK/pdp-$STAMP.txt" || true
   PDP_RESULTS="$(results_of "$WORK/pdp-$STAMP.txt")"
 }

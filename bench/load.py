@@ -114,6 +114,9 @@ def start_server(
     cmd += ["serve", "--listen", f"{HOST}:{args.port}", "--no-watch", *(extra or [])]
     if args.workers > 1:
         cmd += ["--workers", str(args.workers)]
+    # Every call of a run repeats one body: with the decision cache on, all but the first
+    # would be hits. Off unless asked for, so the figures are of evaluation.
+    cmd += ["--decision-cache" if args.decision_cache else "--no-decision-cache"]
     if args.bundle:
         cmd += ["--bundle", str(args.bundle)]
     log_path = work / f"pdp-{stamp}.log"
@@ -499,6 +502,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="pdp serve --workers N (server CPU then counts the supervisor only; use with "
         "--server-cpu '' --loadgen-cpu '')",
+    )
+    p.add_argument(
+        "--decision-cache",
+        action="store_true",
+        help="serve with the decision cache on (default off: every repeated body would hit)",
     )
     p.add_argument("--bundle", type=Path, help="bundle path (default: the repository's policies/)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/cedar-pdp-load"))

@@ -28,7 +28,7 @@ Path(sys.argv[1]).write_bytes(build_archive(files))
 ' "$W/bench-bundle.tar.gz"
 H=(-H 'content-type: application/grpc' -H 'te: trailers')
 
-taskset -c 0 "$PY" -m pdp serve --listen 127.0.0.1:0 --no-watch --bundle "$W/bench-bundle.tar.gz" \
+taskset -c 0 "$PY" -m pdp serve --listen 127.0.0.1:0 --no-watch --bundle "$W/bench-bundle.tar.gz" --no-decision-cache \
   >"$W/pdp.log" 2>&1 &
 SRV=$!
 trap 'kill -TERM $SRV; wait $SRV 2>/dev/null || true' EXIT

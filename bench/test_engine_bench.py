@@ -10,6 +10,8 @@ Groups:
   batch     Engine.check_batch of 40 items (base entities / 11 request entities)
   servicer  the gRPC servicer's own code, wire bytes in -> wire bytes out, no transport:
             decode, convert, engine, convert, encode (what one server call costs in Python)
+  cache     the decision cache: Engine.check and the servicer wire to wire, a warm hit and a
+            miss (cache on, every call evicted), beside the same call with the cache off
   floor     cedarpy.is_authorized_batch alone with the bundle's pre-parsed handles, the
             lower bound the engine's own overhead is measured against
   layer     the `check` shape three ways: bare cedarpy.is_authorized with the same
@@ -19,6 +21,7 @@ Groups:
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -28,7 +31,8 @@ import scenario
 
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp.bundle import Bundle
-from pdp.engine import Engine
+from pdp.decision_cache import DecisionCache
+from pdp.engine import Engine, Snapshot
 from pdp.grpc.servicer import AuthorizationServicer
 from pdp.model import CheckInput, Decision, EntityRef, RequestEntities
 
@@ -157,6 +161,58 @@ def test_servicer_wire_to_wire(benchmark: Any, engine: Engine, shape: str) -> No
 
     out = benchmark(call)
     assert s.decode_decisions(out) == s.expected
+
+
+# --------------------------------------------------------------------------- cache --
+def _cached(bundle: Bundle, entries: int) -> Engine:
+    return Engine(Snapshot.of({"default": bundle}), cache=DecisionCache(entries, 1 << 26, 3600))
+
+
+CACHE_MODES = ["off", "hit", "miss"]
+
+
+def _engine_for(bundle: Bundle, mode: str) -> Engine:
+    # "miss": a cache of one entry, and calls alternate between two requests, so every
+    # call looks up, evaluates, stores and evicts: what a miss adds to an uncached call.
+    return Engine(Snapshot.of({"default": bundle})) if mode == "off" else _cached(bundle, 1)
+
+
+@pytest.mark.benchmark(group="cache-engine")
+@pytest.mark.parametrize("mode", CACHE_MODES)
+def test_cache_engine_check(benchmark: Any, bundle: Bundle, mode: str) -> None:
+    s = scenario.SHAPES["check"]
+    [req] = scenario.check_inputs(s)
+    other = check_input('User::"bob"', 'Action::"read"', 'Document::"doc-1"', context=req.context)
+    engine = _engine_for(bundle, mode)
+    calls = iter(itertools.cycle([req] if mode == "hit" else [req, other]))
+    engine.check("", req)
+    result = benchmark(lambda: engine.check("", next(calls)))
+    assert result.decision is ALLOW and result.cache_hit == (mode == "hit")
+
+
+@pytest.mark.benchmark(group="cache-servicer")
+@pytest.mark.parametrize("mode", CACHE_MODES)
+def test_cache_servicer_wire_to_wire(benchmark: Any, bundle: Bundle, mode: str) -> None:
+    s = scenario.SHAPES["check"]
+    servicer = AuthorizationServicer(_engine_for(bundle, mode), max_batch_items=100)
+    other = pb.CheckRequest()
+    other.CopyFrom(s.message)
+    other.action.id = "read"
+    wires = [s.message.SerializeToString()]
+    if mode != "hit":
+        wires.append(other.SerializeToString())
+    calls = itertools.cycle(wires)
+    ctx = _NoContext()
+
+    def call() -> bytes:
+        return bytes(
+            servicer.Check(pb.CheckRequest.FromString(next(calls)), ctx).SerializeToString()
+        )
+
+    call()
+    out = benchmark(call)
+    response = pb.CheckResponse.FromString(out)
+    assert response.decision == pb.DECISION_ALLOW and response.cache_hit == (mode == "hit")
 
 
 # --------------------------------------------------------------------------- floor --

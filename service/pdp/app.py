@@ -21,6 +21,7 @@ from pathlib import Path
 import watchfiles
 
 from pdp.config import Settings
+from pdp.decision_cache import DecisionCache
 from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
@@ -40,7 +41,7 @@ class App:
     def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
         self.settings = settings
         self.reuse_port = reuse_port  # a `--workers` sibling shares the port
-        self.engine = Engine()
+        self.engine = Engine(cache=_decision_cache(settings))
         self.sources = settings.bundle_sources()
         self.reloader = Reloader(self.engine, self.sources)
         self._server: PdpServer | None = None
@@ -188,6 +189,14 @@ class App:
                     # A watched directory itself was removed or replaced: its watch is gone
                     # (a new one may even reuse the inode number), so watch afresh.
                     return
+
+
+def _decision_cache(s: Settings) -> DecisionCache | None:
+    if not s.decision_cache:
+        return None
+    return DecisionCache(
+        s.decision_cache_entries, s.decision_cache_bytes, s.decision_cache_ttl_seconds
+    )
 
 
 def _identity(paths: list[Path]) -> list[tuple[Path, int, int]]:

@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-concurrent-streams", type=int, help="per connection")
     serve.add_argument("--max-concurrent-rpcs", type=int, help="server-wide")
     serve.add_argument("--threads", type=int, help="worker threads answering calls")
+    serve.add_argument(
+        "--decision-cache", action=argparse.BooleanOptionalAction, help="decision cache on/off"
+    )
+    serve.add_argument("--decision-cache-entries", type=int)
+    serve.add_argument("--decision-cache-bytes", type=int)
+    serve.add_argument("--decision-cache-ttl-seconds", type=float)
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="ask for one decision")
@@ -170,6 +176,10 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "max_concurrent_streams",
             "max_concurrent_rpcs",
             "threads",
+            "decision_cache",
+            "decision_cache_entries",
+            "decision_cache_bytes",
+            "decision_cache_ttl_seconds",
         )
         if (v := getattr(args, k)) is not None
     }

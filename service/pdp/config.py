@@ -112,6 +112,22 @@ class Settings(BaseSettings):
     """RPCs the server handles at once, over all connections; more get RESOURCE_EXHAUSTED.
     Each may buffer up to `max_message_bytes`, so this times that bounds request memory."""
 
+    # The decision cache (`pdp.decision_cache`): decisions already made, keyed by all
+    # they read, so a hit equals a fresh evaluation of the same inputs.
+    decision_cache: bool = True
+    """Answer repeated identical checks from an in-process decision cache."""
+
+    decision_cache_entries: int = Field(100_000, ge=1, le=100_000_000)
+    """Most decisions the cache holds; the least recently used go first."""
+
+    decision_cache_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024, le=64 * 1024**3)
+    """Most bytes the cache's entries hold (an estimate: keys, results, ~1 KiB overhead
+    each); a context of 64 KiB makes a 65 KiB entry."""
+
+    decision_cache_ttl_seconds: float = Field(60.0, gt=0, le=86_400)
+    """How long a cached decision may be served. A decision is keyed by its inputs, so
+    this bounds memory held by idle entries, not staleness."""
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, v: str) -> str:

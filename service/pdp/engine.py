@@ -20,6 +20,7 @@ from typing import Any
 import cedarpy
 
 from pdp.bundle import Bundle, locate_entity_errors
+from pdp.decision_cache import DecisionCache, decision_key
 from pdp.errors import InvalidRequest, NotReady, UnknownTenant
 from pdp.model import (
     DEFAULT_TENANT,
@@ -55,8 +56,17 @@ class Snapshot:
 
 
 class Engine:
-    def __init__(self, snapshot: Snapshot | None = None) -> None:
+    """Decides requests against the current snapshot, through the decision cache if given.
+
+    `bypass_cache=True` (the API's `CONSISTENCY_HIGHER_CONSISTENCY`) evaluates afresh
+    without reading the cache; the fresh decision is still stored, replacing the entry.
+    """
+
+    def __init__(
+        self, snapshot: Snapshot | None = None, cache: DecisionCache | None = None
+    ) -> None:
         self._snapshot = snapshot
+        self.cache = cache
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -65,7 +75,14 @@ class Engine:
     def swap(self, snapshot: Snapshot) -> None:
         # A single reference assignment: atomic, and in-flight decisions keep the
         # snapshot they already read.
-        self._snapshot = snapshot
+        old, self._snapshot = self._snapshot, snapshot
+        if self.cache is not None and old is not None:
+            # A changed bundle has a new digest, so its tenant's entries can no longer be
+            # hit: free them now rather than when they age out. (A decision in flight on
+            # the old bundle may still store one; it stays unreachable and ages out.)
+            for tenant, bundle in old.bundles.items():
+                if snapshot.bundles.get(tenant) is not bundle:
+                    self.cache.drop_tenant(tenant)
 
     def bundle(self, tenant: str) -> Bundle:
         snapshot = self._snapshot
@@ -76,21 +93,66 @@ class Engine:
             raise UnknownTenant(tenant or DEFAULT_TENANT)
         return bundle
 
-    def check(self, tenant: str, request: CheckInput) -> CheckResult:
-        return evaluate(self.bundle(tenant), [request])[0]
-
-    def check_batch(self, tenant: str, requests: Sequence[CheckInput]) -> list[CheckResult]:
-        """Decide every request on one snapshot, BATCH_SLICE requests per cedarpy call:
-        a cedarpy call holds the GIL for its whole length, so a large batch decided in
-        one call would stall every other call of the process; between two slices the
-        GIL can pass to them. The slices share one parse of each set of request entities."""
+    def check(self, tenant: str, request: CheckInput, *, bypass_cache: bool = False) -> CheckResult:
         bundle = self.bundle(tenant)
-        parsed: dict[RequestEntities, Any] = {}
-        results: list[CheckResult] = []
-        for start in range(0, len(requests), BATCH_SLICE):
-            chunk = requests[start : start + BATCH_SLICE]
-            results += evaluate(bundle, chunk, parsed=parsed, first_index=start)
-        return results
+        cache = self.cache
+        if cache is None:
+            return evaluate(bundle, [request])[0]
+        key = decision_key(tenant or DEFAULT_TENANT, bundle, request)
+        hit = None if key is None or bypass_cache else cache.get(key)
+        if hit is not None:
+            return hit.result(_decision_id())
+        result = evaluate(bundle, [request])[0]
+        if key is not None:
+            cache.put(key, result)
+        return result
+
+    def check_batch(
+        self, tenant: str, requests: Sequence[CheckInput], *, bypass_cache: bool = False
+    ) -> list[CheckResult]:
+        bundle = self.bundle(tenant)  # every request on the same snapshot
+        cache = self.cache
+        if cache is None:
+            return _sliced(bundle, requests)
+        name = tenant or DEFAULT_TENANT
+        keys = [decision_key(name, bundle, r) for r in requests]
+        results: list[CheckResult | None] = [None] * len(requests)
+        misses: list[int] = []
+        for i, key in enumerate(keys):
+            hit = None if key is None or bypass_cache else cache.get(key)
+            if hit is None:
+                misses.append(i)
+            else:
+                results[i] = hit.result(_decision_id())
+        if not misses:
+            return [r for r in results if r is not None]
+        try:
+            fresh = _sliced(bundle, [requests[i] for i in misses])
+        except InvalidRequest:
+            if len(misses) == len(requests):
+                raise
+            # Raise the error a fresh evaluation of the whole batch raises: which item is
+            # reported must not depend on what happens to be cached.
+            return _sliced(bundle, requests)
+        for i, result in zip(misses, fresh, strict=True):
+            key = keys[i]
+            if key is not None:
+                cache.put(key, result)
+            results[i] = result
+        return [r for r in results if r is not None]
+
+
+def _sliced(bundle: Bundle, requests: Sequence[CheckInput]) -> list[CheckResult]:
+    """Decide every request, BATCH_SLICE requests per cedarpy call: a cedarpy call holds
+    the GIL for its whole length, so a large batch decided in one call would stall every
+    other call of the process; between two slices the GIL can pass to them. The slices
+    share one parse of each set of request entities."""
+    parsed: dict[RequestEntities, Any] = {}
+    results: list[CheckResult] = []
+    for start in range(0, len(requests), BATCH_SLICE):
+        chunk = requests[start : start + BATCH_SLICE]
+        results += evaluate(bundle, chunk, parsed=parsed, first_index=start)
+    return results
 
 
 def evaluate(

@@ -142,6 +142,9 @@ LIMITS_OUT_OF_RANGE = {
     "max_batch_context_bytes": "10",
     "max_context_depth": "65",
     "max_concurrent_streams": "0",
+    "decision_cache_entries": "0",
+    "decision_cache_bytes": "1000",
+    "decision_cache_ttl_seconds": "0",
 }
 
 
@@ -161,6 +164,8 @@ LIMITS_OUT_OF_RANGE = {
         ([], {"PDP_MAX_CONCURRENT_RPCS": "0"}, "invalid setting max_concurrent_rpcs"),
         (["--threads", "0"], {}, "invalid setting threads"),
         ([], {"PDP_THREADS": "2000"}, "invalid setting threads"),
+        ([], {"PDP_DECISION_CACHE": "sometimes"}, "invalid setting decision_cache"),
+        ([], {"PDP_DECISION_CACHE_TTL_SECONDS": "-1"}, "invalid setting decision_cache_ttl"),
         (["--config", "/no/such.toml"], {}, "invalid"),
     ],
 )

@@ -186,6 +186,11 @@ def _entity(field: str, e: vpb.Entity) -> dict[str, Any]:
     }
 
 
+def bypass_cache(req: pb.CheckRequest | pb.CheckBatchRequest) -> bool:
+    """Does the request ask for a fresh evaluation (`CONSISTENCY_HIGHER_CONSISTENCY`)?"""
+    return req.consistency == pb.CONSISTENCY_HIGHER_CONSISTENCY
+
+
 def check_input(req: pb.CheckRequest, limits: Limits = DEFAULT_LIMITS) -> CheckInput:
     ctx = context("context", req.context, req.context_json, limits)
     return CheckInput(
@@ -266,4 +271,5 @@ def check_response(result: CheckResult) -> pb.CheckResponse:
         errors=[pb.PolicyError(policy_id=e.policy_id, message=e.message) for e in result.errors],
         policy_version=_policy_version(result.version),
         decision_id=result.decision_id,
+        cache_hit=result.cache_hit,
     )

@@ -30,7 +30,9 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         self, request: pb.CheckRequest | Undecodable, context: grpc.ServicerContext
     ) -> pb.CheckResponse:
         request = decoded(request)
-        result = self._engine.check(request.tenant, convert.check_input(request, self._limits))
+        inputs = convert.check_input(request, self._limits)
+        bypass = convert.bypass_cache(request)
+        result = self._engine.check(request.tenant, inputs, bypass_cache=bypass)
         return convert.check_response(result)
 
     @handle_errors
@@ -43,8 +45,9 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
                 "items", f"{len(request.items)} items exceed the limit of {self._max_batch_items}"
             )
         inputs = convert.batch_inputs(request, self._limits)
+        bypass = convert.bypass_cache(request)
         try:
-            results = self._engine.check_batch(request.tenant, inputs)
+            results = self._engine.check_batch(request.tenant, inputs, bypass_cache=bypass)
         except InvalidRequest as exc:
             raise convert.batch_error_field(request, exc) from exc
         return pb.CheckBatchResponse(results=[convert.check_response(r) for r in results])

@@ -41,6 +41,40 @@ DECISION_DENY: Decision.ValueType  # 1
 DECISION_ALLOW: Decision.ValueType  # 2
 Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
+class _Consistency:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsistencyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Consistency.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSISTENCY_UNSPECIFIED: _Consistency.ValueType  # 0
+    """The server's choice: the cache, when it is enabled."""
+    CONSISTENCY_MINIMIZE_LATENCY: _Consistency.ValueType  # 1
+    """Same as UNSPECIFIED: answer from the cache when it holds the decision."""
+    CONSISTENCY_HIGHER_CONSISTENCY: _Consistency.ValueType  # 2
+    """Evaluate afresh and do not read the cache. The fresh decision is stored
+    (it replaces the entry for the same key), so later calls get it.
+    """
+
+class Consistency(_Consistency, metaclass=_ConsistencyEnumTypeWrapper):
+    """Whether a decision may be answered from the server's decision cache (as
+    OpenFGA's ConsistencyPreference). A cached decision is keyed by everything
+    the decision reads (tenant, bundle digest, entity data version, principal,
+    action, resource, canonical context and request entities), so it equals a
+    fresh evaluation of the same inputs; HIGHER_CONSISTENCY is for a caller
+    that wants the evaluation itself (say, to verify the cache, or to measure).
+    """
+
+CONSISTENCY_UNSPECIFIED: Consistency.ValueType  # 0
+"""The server's choice: the cache, when it is enabled."""
+CONSISTENCY_MINIMIZE_LATENCY: Consistency.ValueType  # 1
+"""Same as UNSPECIFIED: answer from the cache when it holds the decision."""
+CONSISTENCY_HIGHER_CONSISTENCY: Consistency.ValueType  # 2
+"""Evaluate afresh and do not read the cache. The fresh decision is stored
+(it replaces the entry for the same key), so later calls get it.
+"""
+Global___Consistency: _TypeAlias = Consistency  # noqa: Y015
+
 @_typing.final
 class CheckRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -74,6 +108,7 @@ class CheckRequest(_message.Message):
     CONTEXT_JSON_FIELD_NUMBER: _builtins.int
     ENTITIES_FIELD_NUMBER: _builtins.int
     ENTITIES_JSON_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """Policy store to ask; empty means "default"."""
     context_json: _builtins.str
@@ -82,6 +117,8 @@ class CheckRequest(_message.Message):
     """
     entities_json: _builtins.str
     """The same as Cedar JSON text (a list of entities); combined with `entities`."""
+    consistency: Global___Consistency.ValueType
+    """May the decision come from the decision cache? Default: yes, when enabled."""
     @_builtins.property
     def principal(self) -> _value_pb2.EntityUid: ...
     @_builtins.property
@@ -109,10 +146,11 @@ class CheckRequest(_message.Message):
         context_json: _builtins.str = ...,
         entities: _abc.Iterable[_value_pb2.Entity] | None = ...,
         entities_json: _builtins.str = ...,
+        consistency: Global___Consistency.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "principal", b"principal", "resource", b"resource"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "context", b"context", "context_json", b"context_json", "entities", b"entities", "entities_json", b"entities_json", "principal", b"principal", "resource", b"resource", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "consistency", b"consistency", "context", b"context", "context_json", b"context_json", "entities", b"entities", "entities_json", b"entities_json", "principal", b"principal", "resource", b"resource", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -178,9 +216,14 @@ class CheckResponse(_message.Message):
     ERRORS_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_FIELD_NUMBER: _builtins.int
     decision: Global___Decision.ValueType
     decision_id: _builtins.str
     """Unique per decision; quote it when asking about a decision in the logs."""
+    cache_hit: _builtins.bool
+    """True when the decision was answered from the server's decision cache
+    (decision, determining policies and errors as stored; decision_id fresh).
+    """
     @_builtins.property
     def determining_policies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Policies that determined the decision: @id annotation, else id in the bundle."""
@@ -201,10 +244,11 @@ class CheckResponse(_message.Message):
         errors: _abc.Iterable[Global___PolicyError] | None = ...,
         policy_version: Global___PolicyVersion | None = ...,
         decision_id: _builtins.str = ...,
+        cache_hit: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy_version", b"policy_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "decision_id", b"decision_id", "determining_policies", b"determining_policies", "errors", b"errors", "policy_version", b"policy_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "decision", b"decision", "decision_id", b"decision_id", "determining_policies", b"determining_policies", "errors", b"errors", "policy_version", b"policy_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -309,9 +353,12 @@ class CheckBatchRequest(_message.Message):
     ENTITIES_FIELD_NUMBER: _builtins.int
     ENTITIES_JSON_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     context_json: _builtins.str
     entities_json: _builtins.str
+    consistency: Global___Consistency.ValueType
+    """For every item: may its decision come from the decision cache?"""
     @_builtins.property
     def principal(self) -> _value_pb2.EntityUid:
         """Defaults for items that do not set their own."""
@@ -334,10 +381,11 @@ class CheckBatchRequest(_message.Message):
         entities: _abc.Iterable[_value_pb2.Entity] | None = ...,
         entities_json: _builtins.str = ...,
         items: _abc.Iterable[Global___BatchItem] | None = ...,
+        consistency: Global___Consistency.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["principal", b"principal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "context_json", b"context_json", "entities", b"entities", "entities_json", b"entities_json", "items", b"items", "principal", b"principal", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "context", b"context", "context_json", b"context_json", "entities", b"entities", "entities_json", b"entities_json", "items", b"items", "principal", b"principal", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

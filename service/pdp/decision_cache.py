@@ -1,0 +1,198 @@
+"""The decision cache: decisions already made, keyed by everything they read.
+
+The key is the contract. A decision is a function of the tenant's bundle (its content
+digest: policies, schema, manifest and base entities), the data version of the entities
+it read, and the request: principal, action, resource, context and request entities.
+The key holds each of them exactly (the context and entities in their canonical JSON
+form, `pdp.canonical_json`), compared by equality, never by a short hash: OpenFGA's
+cache left the request's contextual tuples out of its key and served wrong answers
+(openfga#1058), and its keys are 64-bit hashes. So a cached decision is one a fresh
+evaluation would make, for as long as the entry lives; a new bundle has a new digest,
+and the entries of the old one can no longer be reached (the engine also drops them).
+
+Only decisions are cached: an invalid request is refused every time, and a result
+with an error Cedar did not attribute to a policy of the bundle (an engine fault,
+which might not recur) is not stored.
+
+Bounded by entries and by bytes (an estimate of what an entry holds), with a TTL and
+least-recently-used eviction. `cachetools` bounds one size only and would still need
+our lock, the second bound and the per-tenant drop, so this is our own: an OrderedDict
+under one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pdp.bundle import Bundle
+from pdp.canonical_json import NotCanonical, canonical_text, canonical_value
+from pdp.model import BundleVersion, CheckInput, CheckResult, Decision, PolicyError
+
+# (tenant, bundle digest, data version, principal type, id, action type, id, resource
+# type, id, canonical context, canonical request entities or "")
+Key = tuple[str, str, str, str, str, str, str, str, str, str, str]
+
+# Bytes of an entry beyond its strings: the key tuple, the OrderedDict and per-tenant
+# index slots, the stored tuple (measured with tracemalloc: ~0.9 KiB for a short key).
+ENTRY_OVERHEAD = 1024
+
+
+def data_version(bundle: Bundle) -> str:
+    """The version of the entity data a decision against `bundle` reads.
+
+    Today that is the bundle's base entities, which its digest covers; an entity store
+    would return its own data version here, and the key would follow it.
+    """
+    return bundle.version.digest
+
+
+def decision_key(tenant: str, bundle: Bundle, request: CheckInput) -> Key | None:
+    """The cache key of `request` against `bundle`, or None when it has no canonical form
+    (then the decision is made without the cache)."""
+    try:
+        ctx = request.context
+        context = canonical_text(ctx) if isinstance(ctx, str) else canonical_value(ctx)
+        entities = "" if request.entities is None else canonical_text(request.entities.json)
+    except NotCanonical:
+        return None
+    p, a, r = request.principal, request.action, request.resource
+    return (
+        tenant,
+        bundle.version.digest,
+        data_version(bundle),
+        p.type,
+        p.id,
+        a.type,
+        a.id,
+        r.type,
+        r.id,
+        context,
+        entities,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """What a cache hit answers with; the decision id is always fresh."""
+
+    decision: Decision
+    determining_policies: tuple[str, ...]
+    errors: tuple[PolicyError, ...]
+    version: BundleVersion
+
+    @staticmethod
+    def of(result: CheckResult) -> Cached | None:
+        """The result as stored, or None if it must not be (see the module's docstring)."""
+        if not all(e.policy_id for e in result.errors):
+            return None
+        return Cached(
+            result.decision,
+            tuple(result.determining_policies),
+            tuple(result.errors),
+            result.version,
+        )
+
+    def result(self, decision_id: str) -> CheckResult:
+        return CheckResult(
+            self.decision,
+            self.determining_policies,
+            self.errors,
+            self.version,
+            decision_id,
+            cache_hit=True,
+        )
+
+    def size(self) -> int:
+        return (
+            sum(map(len, self.determining_policies))
+            + sum(len(e.policy_id) + len(e.message) for e in self.errors)
+            + 64 * (len(self.determining_policies) + len(self.errors))
+        )
+
+
+class DecisionCache:
+    """Thread-safe LRU of decisions, bounded by entries and bytes, entries live `ttl`."""
+
+    def __init__(
+        self,
+        max_entries: int,
+        max_bytes: int,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key -> (expiry, size, cached); oldest use first
+        self._entries: OrderedDict[Key, tuple[float, int, Cached]] = OrderedDict()
+        self._by_tenant: dict[str, dict[Key, None]] = {}  # to drop a tenant's entries
+        self._bytes = 0
+        # Counters, for the metrics exporter (monotonic, never reset).
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0  # entries pushed out by the entries or bytes bound
+        self.expirations = 0  # entries found past their TTL
+        self.dropped = 0  # entries dropped because their tenant's bundle changed
+
+    @property
+    def entries(self) -> int:
+        return len(self._entries)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: Key) -> Cached | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            if entry[0] <= self._clock():
+                self._remove(key)
+                self.expirations += 1
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[2]
+
+    def put(self, key: Key, result: CheckResult) -> None:
+        cached = Cached.of(result)
+        if cached is None:
+            return
+        size = ENTRY_OVERHEAD + sum(map(len, key)) + cached.size()
+        if size > self.max_bytes:
+            return  # would evict everything and still not fit
+        with self._lock:
+            if key in self._entries:
+                self._remove(key)
+            self._entries[key] = (self._clock() + self.ttl_seconds, size, cached)
+            self._by_tenant.setdefault(key[0], {})[key] = None
+            self._bytes += size
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                self._remove(next(iter(self._entries)))
+                self.evictions += 1
+
+    def drop_tenant(self, tenant: str) -> int:
+        """Forget every entry of `tenant` (its bundle changed: they can no longer be hit)."""
+        with self._lock:
+            keys = list(self._by_tenant.get(tenant, ()))
+            for key in keys:
+                self._remove(key)
+            self.dropped += len(keys)
+            return len(keys)
+
+    def _remove(self, key: Key) -> None:
+        _, size, _ = self._entries.pop(key)
+        self._bytes -= size
+        index = self._by_tenant[key[0]]
+        del index[key]
+        if not index:
+            del self._by_tenant[key[0]]
