@@ -21,6 +21,7 @@ from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
 from pdp.reloader import Reloader
+from pdp.tracing import Tracing
 
 log = logging.getLogger("pdp")
 
@@ -33,9 +34,17 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class App:
-    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        reuse_port: bool = False,
+        tracing: Callable[[], Tracing] = Tracing.off,
+    ) -> None:
         self.settings = settings
         self.reuse_port = reuse_port  # a `--workers` sibling shares the port
+        # Started by `run`, so only a process that serves has an exporter thread.
+        self.start_tracing = tracing
         self.engine = Engine()
         self.sources = settings.bundle_sources()
         self.reloader = Reloader(self.engine, self.sources)
@@ -79,6 +88,7 @@ class App:
 
     async def run(self, on_listening: Callable[[int], None] | None = None) -> None:
         s = self.settings
+        tracing = self.start_tracing()
         server = PdpServer(
             self.engine,
             s.listen,
@@ -88,6 +98,7 @@ class App:
             max_concurrent_streams=s.max_concurrent_streams,
             max_concurrent_rpcs=s.max_concurrent_rpcs,
             reuse_port=self.reuse_port,
+            tracing=tracing,
         )
         await server.start()
         self._server = server
@@ -116,6 +127,7 @@ class App:
             finally:
                 log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
                 await server.stop(s.shutdown_grace_seconds)
+                tracing.shutdown()  # export the queued spans, within a bound
         log.info("stopped")
 
     async def _watch(self) -> None:

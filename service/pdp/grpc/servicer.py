@@ -15,17 +15,23 @@ from pdp.grpc import convert
 from pdp.grpc.status import handle_errors
 from pdp.grpc.wire import Undecodable, decoded
 from pdp.model import CheckResult, RequestEntities
+from pdp.tracing import NO_TRACING, Tracing
 
 SLICE = 8  # batch items decided between two yields to the event loop
 
 
 class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
     def __init__(
-        self, engine: Engine, max_batch_items: int, limits: convert.Limits = convert.DEFAULT_LIMITS
+        self,
+        engine: Engine,
+        max_batch_items: int,
+        limits: convert.Limits = convert.DEFAULT_LIMITS,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._engine = engine
         self._max_batch_items = max_batch_items
         self._limits = limits
+        self.tracing = tracing  # read by `handle_errors` too: the span of each call
 
     @handle_errors
     async def Check(
@@ -34,7 +40,10 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         context: grpc.aio.ServicerContext[pb.CheckRequest, pb.CheckResponse],
     ) -> pb.CheckResponse:
         request = decoded(request)
-        result = self._engine.check(request.tenant, convert.check_input(request, self._limits))
+        check = convert.check_input(request, self._limits)
+        with self.tracing.decision(request.tenant) as span:
+            result = self._engine.check(request.tenant, check)
+            span.check(check, result)
         return convert.check_response(result)
 
     @handle_errors
@@ -49,17 +58,19 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
                 "items", f"{len(request.items)} items exceed the limit of {self._max_batch_items}"
             )
         inputs = convert.batch_inputs(request, self._limits)
-        bundle = self._engine.bundle(request.tenant)  # every item on the same snapshot
-        parsed: dict[RequestEntities, Any] = {}
-        results: list[CheckResult] = []
-        try:
-            for start in range(0, len(inputs), SLICE):
-                if start:
-                    # Let other calls run between slices: a large batch holds the event
-                    # loop (and the GIL) for milliseconds otherwise.
-                    await asyncio.sleep(0)
-                chunk = inputs[start : start + SLICE]
-                results += evaluate(bundle, chunk, parsed=parsed, first_index=start)
-        except InvalidRequest as exc:
-            raise convert.batch_error_field(request, exc) from exc
+        with self.tracing.decision(request.tenant, batch=True) as span:
+            bundle = self._engine.bundle(request.tenant)  # every item on the same snapshot
+            parsed: dict[RequestEntities, Any] = {}
+            results: list[CheckResult] = []
+            try:
+                for start in range(0, len(inputs), SLICE):
+                    if start:
+                        # Let other calls run between slices: a large batch holds the event
+                        # loop (and the GIL) for milliseconds otherwise.
+                        await asyncio.sleep(0)
+                    chunk = inputs[start : start + SLICE]
+                    results += evaluate(bundle, chunk, parsed=parsed, first_index=start)
+            except InvalidRequest as exc:
+                raise convert.batch_error_field(request, exc) from exc
+            span.batch(inputs, results)
         return pb.CheckBatchResponse(results=[convert.check_response(r) for r in results])

@@ -30,24 +30,29 @@ Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Re
 
 
 def handle_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Turn core errors into their status; anything unexpected into INTERNAL (never a decision)."""
+    """Turn core errors into their status; anything unexpected into INTERNAL (never a decision).
+
+    The call is traced by the servicer's `tracing` (`pdp.tracing`), status code included.
+    """
 
     @functools.wraps(method)
     async def wrapper(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> Resp:
-        try:
-            return await method(self, request, context)
-        except PdpError as exc:
-            details = exc.message
-            if len(details) > MAX_DETAILS:
-                details = details[: MAX_DETAILS - 14] + " …(truncated)"
-            await context.abort(GRPC_STATUS[exc.code], details)
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error; the request was not decided"
-            )
+        # The call's span ends before the status is sent, as it does before a response.
+        with self.tracing.rpc(method.__name__, context) as span:
+            try:
+                return await method(self, request, context)
+            except PdpError as exc:
+                code, details = GRPC_STATUS[exc.code], exc.message
+                if len(details) > MAX_DETAILS:
+                    details = details[: MAX_DETAILS - 14] + " …(truncated)"
+            except Exception:
+                log.exception("unexpected error in %s", method.__name__)
+                code = grpc.StatusCode.INTERNAL
+                details = "internal error; the request was not decided"
+            span.status(code)
+        await context.abort(code, details)
         raise AssertionError("unreachable: abort() raises")
 
     return wrapper
