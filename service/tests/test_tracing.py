@@ -308,6 +308,8 @@ def test_tracing_off_records_nothing_and_reads_no_metadata() -> None:
 
     off = TraceConfig.from_env({}).start()
     assert not off.enabled
+    disabled = {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}
+    assert not TraceConfig.from_env(disabled).start().enabled
     context = _Context(traceparent())
     assert off.rpc("Check", context) is NO_SPAN
     assert off.decision("docs") is NO_SPAN and off.decision("docs", batch=True) is NO_SPAN
