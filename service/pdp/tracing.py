@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import Token
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -146,6 +148,9 @@ class Tracing:
         self._provider = provider
         self._tracer = provider.get_tracer("pdp") if provider is not None else None
         self._rpc_attributes: dict[str, dict[str, str]] = {}
+        # The metadata keys the propagators read (OTEL_PROPAGATORS; by default traceparent,
+        # tracestate, baggage): a call with none of them starts a new trace unparsed.
+        self._fields = frozenset(propagate.get_global_textmap().fields)
 
     @staticmethod
     def off() -> Tracing:
@@ -164,11 +169,13 @@ class Tracing:
             attributes = self._rpc_attributes.setdefault(
                 method, {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}
             )
-        return _RpcSpan(self._tracer, method, attributes, context)
+        return _RpcSpan(self._tracer, self._fields, method, attributes, context)
 
     def decision(self, tenant: str, *, batch: bool = False) -> DecisionSpan:
         """The INTERNAL span of one decision (or one batch), a child of the current span."""
-        if self._tracer is None:
+        # Not inside a sampled RPC span (tracing off, or the sampler dropped the call):
+        # nothing to record, and no second sampling decision to pay for.
+        if self._tracer is None or not trace.get_current_span().is_recording():
             return NO_SPAN
         return _DecisionSpan(self._tracer, tenant or DEFAULT_TENANT, batch)
 
@@ -202,16 +209,28 @@ _GETTER = _MetadataGetter()
 
 
 class _RpcSpan:
-    __slots__ = ("_tracer", "_method", "_attributes", "_context", "_span", "_token", "_code")
+    __slots__ = (
+        "_tracer",
+        "_fields",
+        "_method",
+        "_attributes",
+        "_context",
+        "_span",
+        "_token",
+        "_code",
+    )
+    _token: Token[Context] | None
 
     def __init__(
         self,
         tracer: trace.Tracer,
+        fields: frozenset[str],
         method: str,
         attributes: Mapping[str, str],
         context: HasMetadata,
     ) -> None:
         self._tracer = tracer
+        self._fields = fields
         self._method = method
         self._attributes = attributes
         self._context = context
@@ -219,11 +238,20 @@ class _RpcSpan:
 
     def __enter__(self) -> _RpcSpan:
         metadata = tuple(self._context.invocation_metadata() or ())
-        parent = propagate.extract(metadata, getter=_GETTER)  # the caller's W3C context
-        self._span = self._tracer.start_span(
+        parent = None  # a new trace, unless the caller sent its context (W3C traceparent)
+        if any(key in self._fields for key, _ in metadata):
+            parent = propagate.extract(metadata, getter=_GETTER)
+        span = self._tracer.start_span(
             f"{SERVICE}/{self._method}", parent, SpanKind.SERVER, self._attributes
         )
-        self._token = otel_context.attach(trace.set_span_in_context(self._span, parent))
+        self._span = span
+        # A dropped span is not made current: the decision hook then knows at once that
+        # there is nothing to record (the PDP makes no outgoing call to propagate it to).
+        self._token = (
+            otel_context.attach(trace.set_span_in_context(span, parent))
+            if span.is_recording()
+            else None
+        )
         return self
 
     def status(self, code: grpc.StatusCode) -> None:
@@ -232,6 +260,8 @@ class _RpcSpan:
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._token is None:  # sampled out
+            return
         span = self._span
         try:
             code = self._code

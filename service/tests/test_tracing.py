@@ -22,13 +22,12 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from opentelemetry.trace import SpanKind, StatusCode
 
 from pdp._proto.v1 import authorization_pb2 as pb
@@ -271,6 +270,14 @@ def test_server_failures_mark_the_rpc_span_as_an_error() -> None:
     assert [e.name for e in unknown.events] == ["exception"]
 
 
+def test_a_call_the_sampler_drops_costs_no_decision_span() -> None:
+    tracing, exporter = recorded(ALWAYS_OFF)
+    with tracing.rpc("Check", _Context(traceparent())) as span:
+        assert tracing.decision("docs") is NO_SPAN  # no second sampling decision either
+        span.status(grpc.StatusCode.INTERNAL)
+    assert exporter.get_finished_spans() == ()
+
+
 def test_sampling_one_in_twenty_keeps_rpc_and_decision_spans_together() -> None:
     config = TraceConfig.from_env(
         {
@@ -299,13 +306,7 @@ def test_sampling_one_in_twenty_keeps_rpc_and_decision_spans_together() -> None:
     assert len(continued) == 1
 
 
-def test_tracing_off_records_nothing_and_reads_no_metadata() -> None:
-    # A global provider is what third-party code would use: tracing off must not either.
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-
+def test_tracing_off_is_a_no_op_that_reads_no_metadata() -> None:
     off = TraceConfig.from_env({}).start()
     assert not off.enabled
     disabled = {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}
@@ -314,10 +315,6 @@ def test_tracing_off_records_nothing_and_reads_no_metadata() -> None:
     assert off.rpc("Check", context) is NO_SPAN
     assert off.decision("docs") is NO_SPAN and off.decision("docs", batch=True) is NO_SPAN
     assert context.reads == 0
-    with in_process_server(off) as stub:
-        for _ in range(20):
-            stub.Check(docs(), metadata=traceparent())
-    assert exporter.get_finished_spans() == ()
 
 
 @pytest.mark.parametrize(
@@ -392,31 +389,42 @@ class _Collector(otlp_grpc.TraceServiceServicer):
         return otlp.ExportTraceServiceResponse()
 
 
-def test_otlp_export_from_pdp_serve_configured_by_otel_variables() -> None:
-    collector = _Collector()
+@contextmanager
+def collector() -> Iterator[tuple[str, dict[str, tuple[Any, Any]]]]:
+    """An OTLP collector on loopback: its endpoint, and the spans it received by name
+    (filled in when the block ends)."""
+    received = _Collector()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    otlp_grpc.add_TraceServiceServicer_to_server(collector, server)
+    otlp_grpc.add_TraceServiceServicer_to_server(received, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    env = {
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "OTEL_SERVICE_NAME": "pdp-under-test",
-    }
+    spans: dict[str, tuple[Any, Any]] = {}
     try:
-        with running_server(["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch"], env=env) as srv:
-            with srv.channel() as channel:
-                srv.stub(channel).Check(docs(), metadata=traceparent())
-        # Stopped: the batch processor flushed on the way out.
+        yield f"http://127.0.0.1:{port}", spans
     finally:
         server.stop(None)
-    spans = {
-        s.name: (rs.resource, s)
-        for req in collector.requests
-        for rs in req.resource_spans
-        for ss in rs.scope_spans
-        for s in ss.spans
-    }
+    for req in received.requests:
+        for rs in req.resource_spans:
+            for ss in rs.scope_spans:
+                spans.update((s.name, (rs.resource, s)) for s in ss.spans)
+
+
+def serve_and_check(env: dict[str, str]) -> None:
+    """`pdp serve` with `env`: one traced Check, then stopped (spans are flushed on the way out)."""
+    with running_server(["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch"], env=env) as srv:
+        with srv.channel() as channel:
+            assert srv.stub(channel).Check(docs(), metadata=traceparent()).decision_id
+
+
+def test_otlp_export_from_pdp_serve_configured_by_otel_variables() -> None:
+    with collector() as (endpoint, spans):
+        serve_and_check(
+            {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                "OTEL_SERVICE_NAME": "pdp-under-test",
+            }
+        )
     assert set(spans) == {CHECK, "pdp.check"}
     resource, rpc = spans[CHECK]
     assert {a.key: a.value.string_value for a in resource.attributes}[
@@ -424,6 +432,15 @@ def test_otlp_export_from_pdp_serve_configured_by_otel_variables() -> None:
     ] == "pdp-under-test"
     assert rpc.trace_id.hex() == TRACE_ID and rpc.parent_span_id.hex() == PARENT_ID
     assert spans["pdp.check"][1].parent_span_id == rpc.span_id
+
+
+def test_export_is_off_unless_an_exporter_is_named() -> None:
+    # OpenTelemetry's own default exporter is otlp: a PDP sends nothing unless asked.
+    with collector() as (endpoint, spans):
+        serve_and_check(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "always_on"}
+        )
+    assert spans == {}
 
 
 def test_an_absent_collector_neither_slows_decisions_nor_holds_shutdown() -> None:
