@@ -14,9 +14,10 @@ as `test_engine_bench.py::test_servicer_wire_to_wire` runs it, once per variant:
 Each traced variant is the provider `pdp serve` builds from those variables (batch span
 processor, default queue and schedule), its exporter encoding every batch to OTLP
 protobuf as the OTLP exporter does, then dropping it: the exporter thread's CPU and GIL
-share is counted, no collector is needed. The variants run interleaved (a round runs each
-variant once for --calls calls, in a rotating order) and the figure is the median over
-rounds of the per-call time, so a machine busy with other work skews all variants alike.
+share is counted, no collector is needed. The variants run interleaved call by call (one
+call of each in turn, in a rotating order, --rounds x --calls times) and the figures are
+the median and mean of the per-call times (decode of the request not included), so a
+machine busy with other work weighs on all variants alike.
 Calls carry no `traceparent`, so the sampler's ratio decides alone. Last, the two
 no-op hooks of an untraced call are timed alone (what "off" adds to the code before them).
 """
@@ -120,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             tracings[name] = config.start()
     loop = asyncio.new_event_loop()
     ctx = Context()
-    print(f"{'shape':8} {'variant':8} {'median µs/call':>15} {'vs off':>8}")
+    print(
+        f"{'shape':8} {'variant':8} {'median µs':>10} {'vs off':>8} {'mean µs':>10} {'vs off':>8}"
+    )
     for shape_name in args.shapes:
         s = scenario.SHAPES[shape_name]
         wire = s.message.SerializeToString()
@@ -134,19 +137,24 @@ def main(argv: list[str] | None = None) -> int:
             assert s.decode_decisions(out.SerializeToString()) == s.expected
         per_call: dict[str, list[float]] = {name: [] for name in methods}
         names = list(methods)
-        for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
+        for i in range(args.rounds * args.calls):
+            # One call of each variant in turn, the order rotating: load from elsewhere
+            # falls on all of them alike.
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
                 method = methods[name]
+                request = request_type.FromString(wire)
                 start = time.perf_counter()
-                for _ in range(args.calls):
-                    request = request_type.FromString(wire)
-                    loop.run_until_complete(method(request, ctx)).SerializeToString()
-                per_call[name].append((time.perf_counter() - start) / args.calls * 1e6)
+                loop.run_until_complete(method(request, ctx)).SerializeToString()
+                per_call[name].append((time.perf_counter() - start) * 1e6)
         off = statistics.median(per_call["off"])
+        off_mean = statistics.fmean(per_call["off"])
         for name, values in per_call.items():
-            med = statistics.median(values)
-            print(f"{shape_name:8} {name:8} {med:15.1f} {med / off - 1:+8.1%}")
+            med, mean = statistics.median(values), statistics.fmean(values)
+            print(
+                f"{shape_name:8} {name:8} {med:10.1f} {med / off - 1:+8.1%}"
+                f" {mean:10.1f} {mean / off_mean - 1:+8.1%}"
+            )
     loop.close()
     for t in tracings.values():
         t.shutdown(timeout=10)  # so the exporters have seen every span
