@@ -161,7 +161,7 @@ class Tracing:
         return self._tracer is not None
 
     def rpc(self, method: str, context: HasMetadata) -> RpcSpan:
-        """The SERVER span of one call of `method` (e.g. "Check"), current while open."""
+        """The SERVER span of one call of `method` (e.g. "Check"), current while open if sampled."""
         if self._tracer is None:
             return NO_SPAN
         attributes = self._rpc_attributes.get(method)
