@@ -26,6 +26,7 @@ from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
 from pdp.reloader import Reloader
+from pdp.tracing import Tracing
 
 log = logging.getLogger("pdp")
 
@@ -38,9 +39,17 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class App:
-    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        reuse_port: bool = False,
+        tracing: Callable[[], Tracing] = Tracing.off,
+    ) -> None:
         self.settings = settings
         self.reuse_port = reuse_port  # a `--workers` sibling shares the port
+        # Started by `run`, so only a process that serves has an exporter thread.
+        self.start_tracing = tracing
         self.engine = Engine(cache=_decision_cache(settings))
         self.sources = settings.bundle_sources()
         self.reloader = Reloader(self.engine, self.sources)
@@ -85,6 +94,7 @@ class App:
 
     async def run(self, on_listening: Callable[[int], None] | None = None) -> None:
         s = self.settings
+        tracing = self.start_tracing()
         server = PdpServer(
             self.engine,
             s.listen,
@@ -95,6 +105,7 @@ class App:
             max_concurrent_rpcs=s.max_concurrent_rpcs,
             threads=s.threads,
             reuse_port=self.reuse_port,
+            tracing=tracing,
         )
         self._server = server
         self._update_health()  # before the first call: the health servicer starts SERVING
@@ -123,6 +134,7 @@ class App:
             finally:
                 log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
                 await asyncio.to_thread(server.stop(s.shutdown_grace_seconds).wait)
+                tracing.shutdown()  # export the queued spans, within a bound
         log.info("stopped")
 
     async def _watch(self) -> None:

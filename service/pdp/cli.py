@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -118,9 +119,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from pdp.app import App  # grpc is imported only by the commands that serve
+    from pdp.tracing import TraceConfig, TraceConfigError
 
     try:
         settings = load_settings(_serve_flags(args), args.config)
+        traces = TraceConfig.from_env(os.environ)  # OTEL_* variables, the standard way
+    except TraceConfigError as exc:
+        print(f"pdp: invalid setting {exc.name}: {exc.reason}", file=sys.stderr)
+        return EXIT_USAGE
     except ValidationError as exc:
         for err in exc.errors():
             name = ".".join(str(x) for x in err["loc"]) or "settings"
@@ -132,7 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = App(settings, reuse_port=args.worker)
+    app = App(settings, reuse_port=args.worker, tracing=traces.start)
     try:
         app.load()  # with --workers, also done here first: problems are reported once
         if settings.workers > 1:

@@ -16,6 +16,7 @@ from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.servicer import AuthorizationServicer
 from pdp.grpc.wire import add_authorization_service
+from pdp.tracing import NO_TRACING, Tracing
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -41,6 +42,7 @@ class PdpServer:
         max_concurrent_rpcs: int,
         threads: int,
         reuse_port: bool = False,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pdp-rpc"),
@@ -60,7 +62,7 @@ class PdpServer:
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         add_authorization_service(
-            AuthorizationServicer(engine, max_batch_items, limits), self.server
+            AuthorizationServicer(engine, max_batch_items, limits, tracing), self.server
         )
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

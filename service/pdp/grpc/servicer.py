@@ -15,24 +15,32 @@ from pdp.errors import InvalidRequest
 from pdp.grpc import convert
 from pdp.grpc.status import handle_errors
 from pdp.grpc.wire import Undecodable, decoded
+from pdp.tracing import NO_TRACING, Tracing
 
 
 class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
     def __init__(
-        self, engine: Engine, max_batch_items: int, limits: convert.Limits = convert.DEFAULT_LIMITS
+        self,
+        engine: Engine,
+        max_batch_items: int,
+        limits: convert.Limits = convert.DEFAULT_LIMITS,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._engine = engine
         self._max_batch_items = max_batch_items
         self._limits = limits
+        self.tracing = tracing  # read by `handle_errors` too: the span of each call
 
     @handle_errors
     def Check(
         self, request: pb.CheckRequest | Undecodable, context: grpc.ServicerContext
     ) -> pb.CheckResponse:
         request = decoded(request)
-        inputs = convert.check_input(request, self._limits)
+        check = convert.check_input(request, self._limits)
         bypass = convert.bypass_cache(request)
-        result = self._engine.check(request.tenant, inputs, bypass_cache=bypass)
+        with self.tracing.decision(request.tenant) as span:
+            result = self._engine.check(request.tenant, check, bypass_cache=bypass)
+            span.check(check, result)
         return convert.check_response(result)
 
     @handle_errors
@@ -46,8 +54,10 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
             )
         inputs = convert.batch_inputs(request, self._limits)
         bypass = convert.bypass_cache(request)
-        try:
-            results = self._engine.check_batch(request.tenant, inputs, bypass_cache=bypass)
-        except InvalidRequest as exc:
-            raise convert.batch_error_field(request, exc) from exc
+        with self.tracing.decision(request.tenant, batch=True) as span:
+            try:
+                results = self._engine.check_batch(request.tenant, inputs, bypass_cache=bypass)
+            except InvalidRequest as exc:
+                raise convert.batch_error_field(request, exc) from exc
+            span.batch(inputs, results)
         return pb.CheckBatchResponse(results=[convert.check_response(r) for r in results])

@@ -30,20 +30,27 @@ Handler = Callable[[Any, Req, grpc.ServicerContext], Resp]
 
 
 def handle_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Turn core errors into their status; anything unexpected into INTERNAL (never a decision)."""
+    """Turn core errors into their status; anything unexpected into INTERNAL (never a decision).
+
+    The call is traced by the servicer's `tracing` (`pdp.tracing`), status code included.
+    """
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Req, context: grpc.ServicerContext) -> Resp:
-        try:
-            return method(self, request, context)
-        except PdpError as exc:
-            details = exc.message
-            if len(details) > MAX_DETAILS:
-                details = details[: MAX_DETAILS - 14] + " …(truncated)"
-            context.abort(GRPC_STATUS[exc.code], details)
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; the request was not decided")
+        # The call's span ends before the status is sent, as it does before a response.
+        with self.tracing.rpc(method.__name__, context) as span:
+            try:
+                return method(self, request, context)
+            except PdpError as exc:
+                code, details = GRPC_STATUS[exc.code], exc.message
+                if len(details) > MAX_DETAILS:
+                    details = details[: MAX_DETAILS - 14] + " …(truncated)"
+            except Exception:
+                log.exception("unexpected error in %s", method.__name__)
+                code = grpc.StatusCode.INTERNAL
+                details = "internal error; the request was not decided"
+            span.status(code)
+        context.abort(code, details)
         raise AssertionError("unreachable: abort() raises")
 
     return wrapper
