@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-concurrent-streams", type=int, help="per connection")
     serve.add_argument("--max-concurrent-rpcs", type=int, help="server-wide")
     serve.add_argument("--threads", type=int, help="worker threads answering calls")
+    serve.add_argument("--max-check-streams", type=int, help="open CheckStream streams")
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="ask for one decision")
@@ -170,6 +171,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "max_concurrent_streams",
             "max_concurrent_rpcs",
             "threads",
+            "max_check_streams",
         )
         if (v := getattr(args, k)) is not None
     }

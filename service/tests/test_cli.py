@@ -161,6 +161,8 @@ LIMITS_OUT_OF_RANGE = {
         ([], {"PDP_MAX_CONCURRENT_RPCS": "0"}, "invalid setting max_concurrent_rpcs"),
         (["--threads", "0"], {}, "invalid setting threads"),
         ([], {"PDP_THREADS": "2000"}, "invalid setting threads"),
+        (["--max-check-streams", "-1"], {}, "invalid setting max_check_streams"),
+        (["--threads", "2", "--max-check-streams", "2"], {}, "invalid setting max_check_streams"),
         (["--config", "/no/such.toml"], {}, "invalid"),
     ],
 )

@@ -40,6 +40,7 @@ class PdpServer:
         max_concurrent_streams: int,
         max_concurrent_rpcs: int,
         threads: int,
+        max_check_streams: int,
         reuse_port: bool = False,
     ) -> None:
         self.server = grpc.server(
@@ -60,7 +61,7 @@ class PdpServer:
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         add_authorization_service(
-            AuthorizationServicer(engine, max_batch_items, limits), self.server
+            AuthorizationServicer(engine, max_batch_items, limits, max_check_streams), self.server
         )
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

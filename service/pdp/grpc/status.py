@@ -29,21 +29,27 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.ServicerContext], Resp]
 
 
+def error_status(exc: Exception, where: str) -> tuple[grpc.StatusCode, str]:
+    """The status of a failed call: a core error's own, anything unexpected INTERNAL (never
+    a decision; logged with its traceback, so call this in the `except` block)."""
+    if isinstance(exc, PdpError):
+        details = exc.message
+        if len(details) > MAX_DETAILS:
+            details = details[: MAX_DETAILS - 14] + " …(truncated)"
+        return GRPC_STATUS[exc.code], details
+    log.exception("unexpected error in %s", where)
+    return grpc.StatusCode.INTERNAL, "internal error; the request was not decided"
+
+
 def handle_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Turn core errors into their status; anything unexpected into INTERNAL (never a decision)."""
+    """End a call that raised with its status (`error_status`)."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Req, context: grpc.ServicerContext) -> Resp:
         try:
             return method(self, request, context)
-        except PdpError as exc:
-            details = exc.message
-            if len(details) > MAX_DETAILS:
-                details = details[: MAX_DETAILS - 14] + " …(truncated)"
-            context.abort(GRPC_STATUS[exc.code], details)
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; the request was not decided")
+        except Exception as exc:
+            context.abort(*error_status(exc, method.__name__))
         raise AssertionError("unreachable: abort() raises")
 
     return wrapper
