@@ -104,6 +104,7 @@ class App:
             max_concurrent_streams=s.max_concurrent_streams,
             max_concurrent_rpcs=s.max_concurrent_rpcs,
             threads=s.threads,
+            max_check_streams=s.check_streams,
             reuse_port=self.reuse_port,
             tracing=tracing,
         )

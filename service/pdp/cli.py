@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--decision-cache-entries", type=int)
     serve.add_argument("--decision-cache-bytes", type=int)
     serve.add_argument("--decision-cache-ttl-seconds", type=float)
+    serve.add_argument("--max-check-streams", type=int, help="open CheckStream streams")
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="ask for one decision")
@@ -186,6 +187,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "decision_cache_entries",
             "decision_cache_bytes",
             "decision_cache_ttl_seconds",
+            "max_check_streams",
         )
         if (v := getattr(args, k)) is not None
     }

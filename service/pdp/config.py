@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     decisions. Calls beyond them wait in a queue (bounded by `max_concurrent_rpcs`); an open
     reflection stream holds a thread (a health `Watch` does not: it is non-blocking)."""
 
+    max_check_streams: int | None = Field(None, ge=0, le=1023)
+    """CheckStream streams open at once (default: half of `threads`, rounded down); more end
+    RESOURCE_EXHAUSTED. A stream holds a worker thread while it is open, so this must stay
+    below `threads`: unary calls keep the rest."""
+
     max_concurrent_rpcs: int = Field(100, ge=1, le=100_000)
     """RPCs the server handles at once, over all connections; more get RESOURCE_EXHAUSTED.
     Each may buffer up to `max_message_bytes`, so this times that bounds request memory."""
@@ -127,6 +132,14 @@ class Settings(BaseSettings):
     decision_cache_ttl_seconds: float = Field(60.0, gt=0, le=86_400)
     """How long a cached decision may be served. A decision is keyed by its inputs, so
     this bounds memory held by idle entries, not staleness."""
+
+    @field_validator("max_check_streams")
+    @classmethod
+    def _check_streams(cls, v: int | None, info: ValidationInfo) -> int | None:
+        threads = info.data.get("threads")
+        if v is not None and threads is not None and v >= threads:
+            raise ValueError(f"must be below threads ({threads}): a stream holds a thread")
+        return v
 
     @field_validator("listen")
     @classmethod
@@ -156,6 +169,11 @@ class Settings(BaseSettings):
             if conflicts:
                 raise ValueError("; ".join(conflicts[t] for t in sorted(conflicts)))
         return v
+
+    @property
+    def check_streams(self) -> int:
+        """`max_check_streams`, or its default."""
+        return self.threads // 2 if self.max_check_streams is None else self.max_check_streams
 
     def bundle_sources(self) -> BundleSources:
         return BundleSources(

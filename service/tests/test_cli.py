@@ -166,6 +166,8 @@ LIMITS_OUT_OF_RANGE = {
         ([], {"PDP_THREADS": "2000"}, "invalid setting threads"),
         ([], {"PDP_DECISION_CACHE": "sometimes"}, "invalid setting decision_cache"),
         ([], {"PDP_DECISION_CACHE_TTL_SECONDS": "-1"}, "invalid setting decision_cache_ttl"),
+        (["--max-check-streams", "-1"], {}, "invalid setting max_check_streams"),
+        (["--threads", "2", "--max-check-streams", "2"], {}, "invalid setting max_check_streams"),
         (["--config", "/no/such.toml"], {}, "invalid"),
     ],
 )

@@ -41,6 +41,7 @@ class PdpServer:
         max_concurrent_streams: int,
         max_concurrent_rpcs: int,
         threads: int,
+        max_check_streams: int,
         reuse_port: bool = False,
         tracing: Tracing = NO_TRACING,
     ) -> None:
@@ -62,7 +63,8 @@ class PdpServer:
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         add_authorization_service(
-            AuthorizationServicer(engine, max_batch_items, limits, tracing), self.server
+            AuthorizationServicer(engine, max_batch_items, limits, max_check_streams, tracing),
+            self.server,
         )
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

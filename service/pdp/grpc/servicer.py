@@ -6,6 +6,9 @@ one engine entry point, `Engine.check` or `Engine.check_batch`, between two conv
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Iterator
+
 import grpc
 
 from pdp._proto.v1 import authorization_pb2 as pb
@@ -13,7 +16,7 @@ from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp.engine import Engine
 from pdp.errors import InvalidRequest
 from pdp.grpc import convert
-from pdp.grpc.status import handle_errors
+from pdp.grpc.status import error_status, handle_errors
 from pdp.grpc.wire import Undecodable, decoded
 from pdp.tracing import NO_TRACING, Tracing
 
@@ -24,17 +27,19 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         engine: Engine,
         max_batch_items: int,
         limits: convert.Limits = convert.DEFAULT_LIMITS,
+        max_check_streams: int = 1,
         tracing: Tracing = NO_TRACING,
     ) -> None:
         self._engine = engine
         self._max_batch_items = max_batch_items
         self._limits = limits
         self.tracing = tracing  # read by `handle_errors` too: the span of each call
+        # An open stream holds a worker thread for as long as it lasts: capped below the
+        # thread count, so unary calls always have threads left.
+        self._max_check_streams = max_check_streams
+        self._streams = threading.BoundedSemaphore(max_check_streams)
 
-    @handle_errors
-    def Check(
-        self, request: pb.CheckRequest | Undecodable, context: grpc.ServicerContext
-    ) -> pb.CheckResponse:
+    def _check(self, request: pb.CheckRequest | Undecodable) -> pb.CheckResponse:
         request = decoded(request)
         check = convert.check_input(request, self._limits)
         bypass = convert.bypass_cache(request)
@@ -42,6 +47,12 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
             result = self._engine.check(request.tenant, check, bypass_cache=bypass)
             span.check(check, result)
         return convert.check_response(result)
+
+    @handle_errors
+    def Check(
+        self, request: pb.CheckRequest | Undecodable, context: grpc.ServicerContext
+    ) -> pb.CheckResponse:
+        return self._check(request)
 
     @handle_errors
     def CheckBatch(
@@ -61,3 +72,28 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
                 raise convert.batch_error_field(request, exc) from exc
             span.batch(inputs, results)
         return pb.CheckBatchResponse(results=[convert.check_response(r) for r in results])
+
+    def CheckStream(
+        self,
+        request_iterator: Iterable[pb.CheckRequest | Undecodable],
+        context: grpc.ServicerContext,
+    ) -> Iterator[pb.CheckStreamResponse]:
+        if not self._streams.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._max_check_streams} CheckStream streams are open, the limit "
+                "(max_check_streams); use Check or retry later",
+            )
+        try:
+            for request in request_iterator:
+                yield self._stream_answer(request)
+        finally:
+            self._streams.release()
+
+    def _stream_answer(self, request: pb.CheckRequest | Undecodable) -> pb.CheckStreamResponse:
+        """One request of a stream decided, or the status Check would have ended with."""
+        try:
+            return pb.CheckStreamResponse(result=self._check(request))
+        except Exception as exc:
+            code, details = error_status(exc, "CheckStream")
+            return pb.CheckStreamResponse(error=pb.CheckError(code=code.value[0], message=details))

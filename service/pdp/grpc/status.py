@@ -29,8 +29,20 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.ServicerContext], Resp]
 
 
+def error_status(exc: Exception, where: str) -> tuple[grpc.StatusCode, str]:
+    """The status of a failed call: a core error's own, anything unexpected INTERNAL (never
+    a decision; logged with its traceback, so call this in the `except` block)."""
+    if isinstance(exc, PdpError):
+        details = exc.message
+        if len(details) > MAX_DETAILS:
+            details = details[: MAX_DETAILS - 14] + " …(truncated)"
+        return GRPC_STATUS[exc.code], details
+    log.exception("unexpected error in %s", where)
+    return grpc.StatusCode.INTERNAL, "internal error; the request was not decided"
+
+
 def handle_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Turn core errors into their status; anything unexpected into INTERNAL (never a decision).
+    """End a call that raised with its status (`error_status`).
 
     The call is traced by the servicer's `tracing` (`pdp.tracing`), status code included.
     """
@@ -41,14 +53,8 @@ def handle_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         with self.tracing.rpc(method.__name__, context) as span:
             try:
                 return method(self, request, context)
-            except PdpError as exc:
-                code, details = GRPC_STATUS[exc.code], exc.message
-                if len(details) > MAX_DETAILS:
-                    details = details[: MAX_DETAILS - 14] + " …(truncated)"
-            except Exception:
-                log.exception("unexpected error in %s", method.__name__)
-                code = grpc.StatusCode.INTERNAL
-                details = "internal error; the request was not decided"
+            except Exception as exc:
+                code, details = error_status(exc, method.__name__)
             span.status(code)
         context.abort(code, details)
         raise AssertionError("unreachable: abort() raises")

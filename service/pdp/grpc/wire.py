@@ -59,6 +59,11 @@ def add_authorization_service(servicer: Any, server: grpc.Server) -> None:
         )
         for name, (method, request, response) in methods.items()
     }
+    handlers["CheckStream"] = grpc.stream_stream_rpc_method_handler(
+        servicer.CheckStream,
+        request_deserializer=_lenient(pb.CheckRequest),
+        response_serializer=pb.CheckStreamResponse.SerializeToString,
+    )
     service = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     # As the generated code does: registered methods skip the generic lookup per call (the

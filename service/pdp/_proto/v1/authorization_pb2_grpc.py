@@ -45,6 +45,11 @@ class AuthorizationServiceStub:
                 request_serializer=pdp_dot_v1_dot_authorization__pb2.CheckBatchRequest.SerializeToString,
                 response_deserializer=pdp_dot_v1_dot_authorization__pb2.CheckBatchResponse.FromString,
                 _registered_method=True)
+        self.CheckStream = channel.stream_stream(
+                '/pdp.v1.AuthorizationService/CheckStream',
+                request_serializer=pdp_dot_v1_dot_authorization__pb2.CheckRequest.SerializeToString,
+                response_deserializer=pdp_dot_v1_dot_authorization__pb2.CheckStreamResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizationServiceServicer:
@@ -64,6 +69,17 @@ class AuthorizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckStream(self, request_iterator, context):
+        """Many decisions over one long-lived stream (gateways, sidecars): one
+        CheckStreamResponse per CheckRequest, in request order. A request that cannot
+        be decided is answered with `error` (the status Check would have ended with)
+        and the stream goes on. Open streams are capped server-wide
+        (max_check_streams); past the cap a new stream ends RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +92,11 @@ def add_AuthorizationServiceServicer_to_server(servicer, server):
                     servicer.CheckBatch,
                     request_deserializer=pdp_dot_v1_dot_authorization__pb2.CheckBatchRequest.FromString,
                     response_serializer=pdp_dot_v1_dot_authorization__pb2.CheckBatchResponse.SerializeToString,
+            ),
+            'CheckStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.CheckStream,
+                    request_deserializer=pdp_dot_v1_dot_authorization__pb2.CheckRequest.FromString,
+                    response_serializer=pdp_dot_v1_dot_authorization__pb2.CheckStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +153,33 @@ class AuthorizationService:
             '/pdp.v1.AuthorizationService/CheckBatch',
             pdp_dot_v1_dot_authorization__pb2.CheckBatchRequest.SerializeToString,
             pdp_dot_v1_dot_authorization__pb2.CheckBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pdp.v1.AuthorizationService/CheckStream',
+            pdp_dot_v1_dot_authorization__pb2.CheckRequest.SerializeToString,
+            pdp_dot_v1_dot_authorization__pb2.CheckStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

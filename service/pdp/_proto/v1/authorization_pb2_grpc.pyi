@@ -36,6 +36,13 @@ class AuthorizationServiceStub:
     """One decision."""
     CheckBatch: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.CheckBatchRequest, _authorization_pb2.CheckBatchResponse]
     """Many independent decisions in one call, results in request order."""
+    CheckStream: _grpc.StreamStreamMultiCallable[_authorization_pb2.CheckRequest, _authorization_pb2.CheckStreamResponse]
+    """Many decisions over one long-lived stream (gateways, sidecars): one
+    CheckStreamResponse per CheckRequest, in request order. A request that cannot
+    be decided is answered with `error` (the status Check would have ended with)
+    and the stream goes on. Open streams are capped server-wide
+    (max_check_streams); past the cap a new stream ends RESOURCE_EXHAUSTED.
+    """
 
 @_typing.type_check_only
 class AuthorizationServiceAsyncStub(AuthorizationServiceStub):
@@ -44,6 +51,13 @@ class AuthorizationServiceAsyncStub(AuthorizationServiceStub):
     """One decision."""
     CheckBatch: _aio.UnaryUnaryMultiCallable[_authorization_pb2.CheckBatchRequest, _authorization_pb2.CheckBatchResponse]  # type: ignore[assignment]
     """Many independent decisions in one call, results in request order."""
+    CheckStream: _aio.StreamStreamMultiCallable[_authorization_pb2.CheckRequest, _authorization_pb2.CheckStreamResponse]  # type: ignore[assignment]
+    """Many decisions over one long-lived stream (gateways, sidecars): one
+    CheckStreamResponse per CheckRequest, in request order. A request that cannot
+    be decided is answered with `error` (the status Check would have ended with)
+    and the stream goes on. Open streams are capped server-wide
+    (max_check_streams); past the cap a new stream ends RESOURCE_EXHAUSTED.
+    """
 
 class AuthorizationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -61,5 +75,18 @@ class AuthorizationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_authorization_pb2.CheckBatchResponse, _abc.Awaitable[_authorization_pb2.CheckBatchResponse]]:
         """Many independent decisions in one call, results in request order."""
+
+    @_abc_1.abstractmethod
+    def CheckStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_authorization_pb2.CheckRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_authorization_pb2.CheckStreamResponse], _abc.AsyncIterator[_authorization_pb2.CheckStreamResponse]]:
+        """Many decisions over one long-lived stream (gateways, sidecars): one
+        CheckStreamResponse per CheckRequest, in request order. A request that cannot
+        be decided is answered with `error` (the status Check would have ended with)
+        and the stream goes on. Open streams are capped server-wide
+        (max_check_streams); past the cap a new stream ends RESOURCE_EXHAUSTED.
+        """
 
 def add_AuthorizationServiceServicer_to_server(servicer: AuthorizationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
