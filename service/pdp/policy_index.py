@@ -1,0 +1,292 @@
+"""The policy index: which policies' scopes can match a request, so Cedar evaluates only those.
+
+Why leaving a policy out is exact: Cedar evaluates a policy as
+`principalScope && (actionScope && (resourceScope && conditions))` (cedar-spec,
+`Cedar/Spec/Policy.lean`, `Policy.toExpr`), `&&` short-circuits, and a scope test
+(`==`, `in`, `is` against entity literals) never errors (an unknown entity is simply not
+`in` anything). So a policy whose scope is false for a request is neither satisfied nor
+errored: it adds nothing to the decision, the determining policies or the errors, and a
+sub-policy-set of the rest (under the same Cedar ids) decides exactly as the whole set.
+
+Every scope is read from Cedar's own JSON form (`PolicySource.est`; a link is its template's
+form with the slot values of links.json), never from policy text. What the index cannot be
+sure of keeps the policy: an unrecognised scope form is "matches anything", and a request
+whose action the index does not know is decided against the whole set.
+
+Memory: sub-policy-sets are built lazily (one Cedar parse of the selected policies' JSON)
+and kept in a bounded LRU cache keyed by the exact set of policies they hold. A bundle of
+10,000 per-document links has about one distinct set per (document, action) pair asked
+about; building them all eagerly would copy the set thousands of times, while a request
+stream revisits few of them, so a bounded cache holds the hot ones and rebuilds the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cedarpy
+
+Uid = tuple[str, str]  # (entity type, id), exactly as Cedar's JSON form spells them
+
+MAX_SUBSETS = 2048  # sub-policy-sets kept (each a few KB to a few hundred KB in Cedar)
+MAX_TYPE_PAIRS = 4096  # (action, principal type, resource type) selections kept
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a principal or resource scope can match: an entity, a type, or anything."""
+
+    uid: Uid | None = None  # `== uid`
+    type: str | None = None  # `is T` and `is T in ...`
+
+    def admits(self, uid: Uid) -> bool:
+        if self.uid is not None:
+            return self.uid == uid
+        return self.type is None or self.type == uid[0]
+
+
+ANY = Scope()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    position: int  # its place in the bundle's policy set (sub-sets keep Cedar's order)
+    cedar_id: str
+    principal: Scope
+    resource: Scope
+    actions: frozenset[Uid] | None  # the known actions it can match; None: every action
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A policy of the bundle as the index rebuilds sub-sets from it."""
+
+    cedar_id: str
+    est_json: str  # the policy's (for a link: its template's) Cedar JSON
+    template: str | None = None  # a link's template cedar id
+    values: Mapping[str, Mapping[str, str]] | None = None  # a link's slot values
+
+
+class _Bucket:
+    """The policies that can match one action, split so a request looks up, not scans."""
+
+    __slots__ = ("by_principal", "by_resource", "general", "memo")
+
+    def __init__(self) -> None:
+        self.general: list[Entry] = []  # neither principal nor resource `==` an entity
+        self.by_resource: dict[Uid, list[Entry]] = {}  # resource `==` this entity
+        self.by_principal: dict[Uid, list[Entry]] = {}  # principal (not resource) `==` it
+        self.memo: dict[tuple[str, str], tuple[int, ...]] = {}
+
+    def add(self, entry: Entry) -> None:
+        if entry.resource.uid is not None:
+            self.by_resource.setdefault(entry.resource.uid, []).append(entry)
+        elif entry.principal.uid is not None:
+            self.by_principal.setdefault(entry.principal.uid, []).append(entry)
+        else:
+            self.general.append(entry)
+
+    def positions(self, principal: Uid, resource: Uid) -> tuple[int, ...]:
+        types = (principal[0], resource[0])
+        general = self.memo.get(types)
+        if general is None:
+            general = tuple(
+                e.position
+                for e in self.general
+                if e.principal.admits(principal) and e.resource.admits(resource)
+            )
+            if len(self.memo) < MAX_TYPE_PAIRS:  # request types are caller input: bounded
+                self.memo[types] = general
+        extra = [
+            e.position for e in self.by_resource.get(resource, ()) if e.principal.admits(principal)
+        ]
+        extra += [
+            e.position for e in self.by_principal.get(principal, ()) if e.resource.admits(resource)
+        ]
+        return tuple(sorted(general + tuple(extra))) if extra else general
+
+
+class PolicyIndex:
+    """Selects, per request, the sub-policy-set of the policies whose scope can match it."""
+
+    def __init__(
+        self, members: Sequence[Member], entries: Iterable[Entry], actions: Iterable[Uid]
+    ) -> None:
+        self._members = members
+        self._buckets: dict[Uid, _Bucket] = {a: _Bucket() for a in actions}
+        for entry in entries:
+            for action in self._buckets if entry.actions is None else entry.actions:
+                bucket = self._buckets.get(action)
+                if bucket is not None:
+                    bucket.add(entry)
+        self._subsets: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()  # the server decides on many threads
+        self.built = 0  # sub-sets built so far (a count for tests and figures)
+
+    @property
+    def actions(self) -> frozenset[Uid]:
+        return frozenset(self._buckets)
+
+    def positions(self, principal: Uid, action: Uid, resource: Uid) -> tuple[int, ...] | None:
+        """The policies (by position) whose scope can match; None: use the whole set."""
+        bucket = self._buckets.get(action)
+        return None if bucket is None else bucket.positions(principal, resource)
+
+    def select(self, request: Mapping[str, Any]) -> tuple[Any, tuple[int, ...] | None]:
+        """(sub-policy-set, its key) for one cedarpy request with {"type","id"} uids;
+        (None, None) where the request is decided by the bundle's whole set."""
+        p, a, r = request["principal"], request["action"], request["resource"]
+        key = self.positions((p["type"], p["id"]), (a["type"], a["id"]), (r["type"], r["id"]))
+        if key is None or len(key) == len(self._members):
+            return None, None
+        with self._lock:
+            subset = self._subsets.get(key)
+            if subset is not None:
+                self._subsets.move_to_end(key)
+                return subset, key
+        subset = self._build(key)  # outside the lock: a parse must not stall other threads
+        with self._lock:
+            self._subsets[key] = subset
+            self.built += 1
+            while len(self._subsets) > MAX_SUBSETS:
+                self._subsets.popitem(last=False)
+        return subset, key
+
+    def split(self, batch: Sequence[Mapping[str, Any]]) -> list[tuple[Any, list[int]]]:
+        """The batch's requests grouped by the policy set each is decided against
+        (None: the whole set)."""
+        if len(batch) == 1:
+            return [(self.select(batch[0])[0], [0])]
+        groups: dict[tuple[int, ...] | None, tuple[Any, list[int]]] = {}
+        for i, request in enumerate(batch):
+            policy_set, key = self.select(request)
+            groups.setdefault(key, (policy_set, []))[1].append(i)
+        return list(groups.values())
+
+    def _build(self, key: tuple[int, ...]) -> Any:
+        statics: dict[str, Any] = {}
+        templates: dict[str, str] = {}
+        links: list[dict[str, Any]] = []
+        for position in key:
+            m = self._members[position]
+            if m.template is None:
+                statics[m.cedar_id] = m.est_json
+            else:
+                templates[m.template] = m.est_json
+                links.append({"templateId": m.template, "newId": m.cedar_id, "values": m.values})
+
+        def members(items: Mapping[str, str]) -> str:
+            return ",".join(f"{json.dumps(k)}:{v}" for k, v in items.items())
+
+        document = (
+            f'{{"staticPolicies":{{{members(statics)}}},"templates":{{{members(templates)}}},'
+            f'"templateLinks":{json.dumps(links)}}}'
+        )
+        return cedarpy.PolicySet.from_json_str(document, release_gil=True)
+
+
+def known_actions(schema: Any) -> dict[Uid, frozenset[Uid]]:
+    """Each action the schema declares with all its ancestor groups, as Cedar builds them.
+
+    Cedar adds the schema's action entities (with their groups as parents) to any entity set
+    it parses with the schema, and refuses an action entity that disagrees with it; so an
+    entity set of nothing but the schema holds exactly the action hierarchy every request
+    of the bundle is decided with.
+    """
+    entities = json.loads(str(cedarpy.Entities.from_json_str("[]", schema)))
+    parents: dict[Uid, list[Uid]] = {
+        _uid(e["uid"]): [_uid(p) for p in e.get("parents") or []] for e in entities
+    }
+    out: dict[Uid, frozenset[Uid]] = {}
+    for action in parents:
+        seen: set[Uid] = set()
+        todo = list(parents[action])
+        while todo:
+            group = todo.pop()
+            if group not in seen:
+                seen.add(group)
+                todo.extend(parents.get(group, ()))
+        out[action] = frozenset(seen)
+    return out
+
+
+def build_index(members: Sequence[Member], hierarchy: Mapping[Uid, frozenset[Uid]]) -> PolicyIndex:
+    """The index of `members`: every policy of a set but its templates, in the set's order."""
+    scopes: dict[str, tuple[Any, Any, Any]] = {}  # a template's scope is read once, not per link
+    entries = []
+    for position, m in enumerate(members):
+        scope = scopes.get(m.est_json)
+        if scope is None:
+            est = json.loads(m.est_json)
+            scope = scopes[m.est_json] = (
+                est.get("principal"),
+                est.get("action"),
+                est.get("resource"),
+            )
+        principal, action, resource = scope
+        values = m.values or {}
+        entries.append(
+            Entry(
+                position,
+                m.cedar_id,
+                _scope(principal, values.get("?principal")),
+                _scope(resource, values.get("?resource")),
+                _actions(action, hierarchy),
+            )
+        )
+    return PolicyIndex(members, entries, hierarchy)
+
+
+def _uid(value: Any) -> Uid:
+    value = value.get("__entity", value)
+    return (value["type"], value["id"])
+
+
+def _entity(constraint: Mapping[str, Any], slot_value: Mapping[str, str] | None) -> Uid | None:
+    """The entity a scope constraint names: its literal, or for a slot the link's value."""
+    if "entity" in constraint:
+        return _uid(constraint["entity"])
+    if "slot" in constraint and slot_value is not None:
+        return _uid(slot_value)
+    return None
+
+
+def _scope(constraint: Any, slot_value: Mapping[str, str] | None) -> Scope:
+    """Principal/resource scope; anything not understood (or `in`, which can hold entities
+    of any type) matches anything: the index only ever keeps a policy it cannot rule out."""
+    try:
+        op = constraint["op"]
+        if op == "==":
+            uid = _entity(constraint, slot_value)
+            return ANY if uid is None else Scope(uid=uid)
+        if op == "is" and isinstance(constraint["entity_type"], str):
+            return Scope(type=constraint["entity_type"])
+    except (KeyError, TypeError):
+        pass
+    return ANY
+
+
+def _actions(constraint: Any, hierarchy: Mapping[Uid, frozenset[Uid]]) -> frozenset[Uid] | None:
+    """The known actions an action scope matches (`in` a group: each member); None: all."""
+    try:
+        op = constraint["op"]
+        if op == "==":
+            return frozenset([_uid(constraint["entity"])])
+        if op == "in":
+            named = (
+                [_uid(e) for e in constraint["entities"]]
+                if "entities" in constraint
+                else [_uid(constraint["entity"])]
+            )
+            groups = set(named)
+            return frozenset(
+                a for a, ancestors in hierarchy.items() if a in groups or ancestors & groups
+            )
+    except (KeyError, TypeError, AttributeError):
+        pass
+    return None
