@@ -155,7 +155,10 @@ class PolicyIndex:
             if subset is not None:
                 self._subsets.move_to_end(key)
                 return subset, key
-        subset = self._build(key)  # outside the lock: a parse must not stall other threads
+        try:
+            subset = self._build(key)  # outside the lock: a parse must not stall other threads
+        except Exception:  # noqa: BLE001 - Cedar refusing a sub-set: the whole set is as exact
+            return None, None
         with self._lock:
             self._subsets[key] = subset
             self.built += 1

@@ -386,3 +386,22 @@ def test_members_keep_the_bundles_order_and_ids(links_bundle: Bundle) -> None:
     assert len(members) == LINK_DOCUMENTS * SHARED_WITH + 2 + sum(
         1 for s in links_bundle.policies.values() if s.template_id is None and not s.is_template
     )
+
+
+def test_a_sub_set_cedar_will_not_build_falls_back_to_the_whole_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bundle = compile_bundle(read_bundle_files(POLICIES))
+    index = bundle.index
+    assert index is not None
+
+    def refuse(statics: tuple[int, ...]) -> Any:
+        raise ValueError("injected: Cedar refused the sub-set")
+
+    monkeypatch.setattr(index, "_parse", refuse)
+    request = CheckInput(
+        EntityRef("User", "bob"), EntityRef("Action", "edit"), EntityRef("Document", "doc-1")
+    )
+    assert kind(bundle, request) == "sub-set"
+    assert disagreements(bundle, [request]) == []
+    assert outcome(bundle, request)[0] is Decision.ALLOW and index.built == 0
