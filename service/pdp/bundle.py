@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pdp.bundle_files import BundleFiles, read_bundle_files
 from pdp.errors import BundleError, BundleProblem
 from pdp.model import BundleVersion
+from pdp.policy_index import Member, PolicyIndex, build_index, known_actions
 from pdp.policy_parse import ParsedFile, parse_files, policy_set_from, policy_set_of, validate
 from pdp.trust import RequestEntityRule, RequestTrust, compile_trust
 
@@ -80,6 +81,10 @@ class Manifest(BaseModel):
             )
         return value
 
+    # Decide each request against only the policies whose scope can match it
+    # (`pdp.policy_index`); off evaluates every policy, for diagnosis.
+    index_policies: bool = True
+
 
 class _EntityShape(BaseModel):
     """The shape of one Cedar JSON entity, checked only to explain Cedar's terse errors."""
@@ -112,6 +117,8 @@ class PolicySource:
     effect: str  # "permit" | "forbid"
     is_template: bool = False
     template_id: str | None = None  # for links: the template's policy_id
+    # for links: the template's cedar_id and the slot values (as in links.json)
+    link_of: tuple[str, Mapping[str, Mapping[str, str]]] | None = None
 
     @property
     def est(self) -> dict[str, Any]:
@@ -133,6 +140,7 @@ class Bundle:
     entity_count: int
     policies: Mapping[str, PolicySource]  # by cedar_id, templates included
     trust: RequestTrust  # which request entities this bundle accepts
+    index: PolicyIndex | None = None  # None: every request is decided by the whole set
 
     def policy_id(self, cedar_id: str) -> str:
         src = self.policies.get(cedar_id)
@@ -170,6 +178,7 @@ def compile_bundle(files: BundleFiles) -> Bundle:
     if problems or manifest is None or entities is None or trust is None:
         raise BundleError(files.source, problems)
     version = BundleVersion(manifest.name, manifest.version, files.digest)
+    index = _index(manifest, schema, policies, trust)
     return Bundle(
         files.source,
         manifest,
@@ -180,7 +189,38 @@ def compile_bundle(files: BundleFiles) -> Bundle:
         len(entities),
         policies,
         trust,
+        index,
     )
+
+
+def _index(
+    manifest: Manifest,
+    schema: Any,
+    sources: Mapping[str, PolicySource],
+    trust: RequestTrust,
+) -> PolicyIndex | None:
+    """The bundle's policy index, or None where it could not be sure of a request's scope.
+
+    The index knows an action's groups from the schema (Cedar refuses an action entity that
+    disagrees with it). Still, a bundle whose requests may bring entities of an action type
+    ("trusted", or a rule naming one) is decided against the whole set: nothing here then
+    depends on what a caller sends.
+    """
+    if not manifest.index_policies or trust.trusted:
+        return None
+    hierarchy = known_actions(schema)
+    action_types = {t for t, _ in hierarchy}
+    # (pdp.trust refuses a rule naming a type the schema does not declare, as actions'
+    # types are not: this holds today by that rule, and is checked here all the same.)
+    claimable = set(trust.allowed) | {p for parents in trust.allowed.values() for p in parents}
+    if not hierarchy or claimable & action_types:
+        return None
+    members = [
+        Member(s.cedar_id, s.est_json, *(s.link_of or (None, None)))
+        for s in sources.values()
+        if not s.is_template
+    ]
+    return build_index(members, hierarchy)
 
 
 def _manifest(files: BundleFiles, problems: list[BundleProblem]) -> Manifest | None:
@@ -334,6 +374,7 @@ def _link(
             template.effect,
             False,
             template.policy_id,
+            (template.cedar_id, {str(slot): uid for slot, uid in link.values.items()}),
         )
     return linked
 

@@ -234,10 +234,28 @@ def _entities(bundle: Bundle, delta: RequestEntities, index: int) -> Any:
 def _authorize(
     batch: list[dict[str, Any]], bundle: Bundle, entities: Any, schema: Any
 ) -> list[dict[str, Any]]:
+    # The one place a policy set is picked: the bundle's index (`pdp.policy_index`) groups
+    # the requests by the sub-set of the policies whose scope can match them (None: all).
+    index = bundle.index
+    groups = [(None, range(len(batch)))] if index is None else index.split(batch)
+    if len(groups) == 1:
+        subset = groups[0][0]
+        return _decide(batch, bundle.policy_set if subset is None else subset, entities, schema)
+    outcomes: list[dict[str, Any]] = [{}] * len(batch)
+    for subset, positions in groups:
+        part = [batch[i] for i in positions]
+        policy_set = bundle.policy_set if subset is None else subset
+        for i, outcome in zip(positions, _decide(part, policy_set, entities, schema), strict=True):
+            outcomes[i] = outcome
+    return outcomes
+
+
+def _decide(
+    batch: list[dict[str, Any]], policy_set: Any, entities: Any, schema: Any
+) -> list[dict[str, Any]]:
     try:
         return [
-            r._authz_resp
-            for r in cedarpy.is_authorized_batch(batch, bundle.policy_set, entities, schema)
+            r._authz_resp for r in cedarpy.is_authorized_batch(batch, policy_set, entities, schema)
         ]
     except Exception as exc:  # noqa: BLE001 - any engine fault must become Deny, never Allow
         fault = {"decision": "Deny", "diagnostics": {"errors": [f"evaluation failed: {exc}"]}}

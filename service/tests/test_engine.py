@@ -127,8 +127,9 @@ def test_the_default_bundle_loads_strictly() -> None:
 
 def test_an_engine_fault_is_a_deny_with_the_error_listed(docs: Bundle) -> None:
     # A handle cedarpy cannot use makes the evaluator itself raise: the answer is still Deny.
+    # (index=None: the whole set is what each request is decided by.)
     broken = dataclasses.replace(
-        docs, policy_set="permit(principal, action, resource) when { 1 + };"
+        docs, policy_set="permit(principal, action, resource) when { 1 + };", index=None
     )
     out = evaluate(broken, [req("alice"), req("bob")])
     assert [r.decision for r in out] == [Decision.DENY, Decision.DENY]
