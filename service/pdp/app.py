@@ -17,6 +17,7 @@ from pathlib import Path
 import watchfiles
 
 from pdp.config import Settings
+from pdp.decision_log import DecisionLogger, decision_logger
 from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
@@ -40,6 +41,7 @@ class App:
         self.sources = settings.bundle_sources()
         self.reloader = Reloader(self.engine, self.sources)
         self._server: PdpServer | None = None
+        self.decision_log: DecisionLogger | None = None
         self._stop = asyncio.Event()
         self._reloading = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()  # keeps signal-started reloads alive
@@ -79,6 +81,7 @@ class App:
 
     async def run(self, on_listening: Callable[[int], None] | None = None) -> None:
         s = self.settings
+        self.decision_log = decision_logger(s, worker=self.reuse_port)
         server = PdpServer(
             self.engine,
             s.listen,
@@ -88,6 +91,7 @@ class App:
             max_concurrent_streams=s.max_concurrent_streams,
             max_concurrent_rpcs=s.max_concurrent_rpcs,
             reuse_port=self.reuse_port,
+            decision_log=self.decision_log,
         )
         await server.start()
         self._server = server
@@ -116,6 +120,9 @@ class App:
             finally:
                 log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
                 await server.stop(s.shutdown_grace_seconds)
+                if self.decision_log is not None:
+                    # Every answered call's records are written before the process exits.
+                    await asyncio.to_thread(self.decision_log.close)
         log.info("stopped")
 
     async def _watch(self) -> None:

@@ -86,3 +86,4 @@ class CheckResult:
     errors: Sequence[PolicyError]
     version: BundleVersion
     decision_id: str
+    cache_hit: bool = False  # answered from the decision cache

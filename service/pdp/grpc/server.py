@@ -8,6 +8,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from pdp._proto.v1 import authorization_pb2 as pb
+from pdp.decision_log import DecisionLogger
 from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.servicer import AuthorizationServicer
@@ -32,6 +33,7 @@ class PdpServer:
         max_concurrent_streams: int,
         max_concurrent_rpcs: int,
         reuse_port: bool = False,
+        decision_log: DecisionLogger | None = None,
     ) -> None:
         self.server = grpc.aio.server(
             options=[
@@ -50,7 +52,7 @@ class PdpServer:
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         add_authorization_service(
-            AuthorizationServicer(engine, max_batch_items, limits), self.server
+            AuthorizationServicer(engine, max_batch_items, limits, decision_log), self.server
         )
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import grpc
 
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
+from pdp.decision_log import DecisionLogger
 from pdp.engine import Engine, evaluate
 from pdp.errors import InvalidRequest
 from pdp.grpc import convert
@@ -21,9 +23,14 @@ SLICE = 8  # batch items decided between two yields to the event loop
 
 class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
     def __init__(
-        self, engine: Engine, max_batch_items: int, limits: convert.Limits = convert.DEFAULT_LIMITS
+        self,
+        engine: Engine,
+        max_batch_items: int,
+        limits: convert.Limits = convert.DEFAULT_LIMITS,
+        decision_log: DecisionLogger | None = None,
     ) -> None:
         self._engine = engine
+        self._decision_log = decision_log
         self._max_batch_items = max_batch_items
         self._limits = limits
 
@@ -33,8 +40,14 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         request: pb.CheckRequest | Undecodable,
         context: grpc.aio.ServicerContext[pb.CheckRequest, pb.CheckResponse],
     ) -> pb.CheckResponse:
+        started = time.perf_counter()
         request = decoded(request)
-        result = self._engine.check(request.tenant, convert.check_input(request, self._limits))
+        checked = convert.check_input(request, self._limits)
+        result = self._engine.check(request.tenant, checked)
+        if self._decision_log is not None:
+            self._decision_log.check(
+                request.tenant, checked, result, started, context.invocation_metadata()
+            )
         return convert.check_response(result)
 
     @handle_errors
@@ -43,6 +56,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         request: pb.CheckBatchRequest | Undecodable,
         context: grpc.aio.ServicerContext[pb.CheckBatchRequest, pb.CheckBatchResponse],
     ) -> pb.CheckBatchResponse:
+        started = time.perf_counter()
         request = decoded(request)
         if len(request.items) > self._max_batch_items:
             raise InvalidRequest(
@@ -62,4 +76,8 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
                 results += evaluate(bundle, chunk, parsed=parsed, first_index=start)
         except InvalidRequest as exc:
             raise convert.batch_error_field(request, exc) from exc
+        if self._decision_log is not None:
+            self._decision_log.batch(
+                request.tenant, inputs, results, started, context.invocation_metadata()
+            )
         return pb.CheckBatchResponse(results=[convert.check_response(r) for r in results])

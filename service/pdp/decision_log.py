@@ -1,0 +1,395 @@
+"""Decision logs: one JSON record per decision, masked, written off the request path.
+
+The request path only samples and enqueues (`DecisionLogger.check` / `.batch`, a few
+microseconds, never blocking); a background thread builds each record (masking every
+caller-controlled value with `pdp.masking`), bounds its size and writes it to the sink. A
+full queue drops the record and counts it (`dropped`) rather than slow a decision down;
+`close()` at shutdown writes everything still queued. The record format is documented in
+the README and fixed by `docs/decision-log.schema.json`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import random
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pdp.masking import Masker, OverBudget, Stats
+from pdp.model import DEFAULT_TENANT, CheckInput, CheckResult, Decision, EntityRef
+
+if TYPE_CHECKING:
+    from pdp.config import Settings
+
+log = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+MAX_MESSAGE_CHARS = 1024  # an error message (Cedar's text may quote request values)
+PIPE_BUF = 4096  # writes up to this size to a pipe are atomic: `--workers` never interleave
+CLOSE_TIMEOUT_SECONDS = 30.0
+IDLE_WAKE_SECONDS = 0.5  # the writer's poll when no one wakes it (a safety net only)
+
+Metadata = Iterable[tuple[str, str | bytes]]
+
+# W3C Trace Context, version 00 exactly; a later version may append `-...` fields.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.S)
+
+
+def trace_id(metadata: Metadata | None) -> str | None:
+    """The trace id of the caller's `traceparent`, parsed strictly per W3C Trace Context:
+    None if absent, repeated, or malformed (upper-case hex, version ff, all-zero ids, data
+    after a version-00 header, ...), as a receiver that restarts the trace would."""
+    values = [v for k, v in metadata or () if k == "traceparent"]
+    if len(values) != 1 or not isinstance(values[0], str):
+        return None
+    m = _TRACEPARENT.fullmatch(values[0])
+    if m is None:
+        return None
+    version, trace, parent, _flags, rest = m.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return None
+    if trace == "0" * 32 or parent == "0" * 16:
+        return None
+    return trace
+
+
+class Sink(Protocol):
+    def write(self, line: str) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class StdoutSink:
+    """JSON lines on stdout (the server's own log goes to stderr). Lines are gathered into
+    writes of at most PIPE_BUF bytes, so processes sharing one pipe never mix records."""
+
+    def __init__(self, fd: int | None = None) -> None:
+        self._fd = sys.stdout.fileno() if fd is None else fd
+        self._buffer: list[bytes] = []
+        self._size = 0
+
+    def write(self, line: str) -> None:
+        data = line.encode() + b"\n"
+        if self._size + len(data) > PIPE_BUF:
+            self.flush()
+        self._buffer.append(data)
+        self._size += len(data)
+
+    def flush(self) -> None:
+        data = b"".join(self._buffer)
+        self._buffer, self._size = [], 0
+        while data:
+            data = data[os.write(self._fd, data) :]
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _RotatingFile(RotatingFileHandler):
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise  # noqa: PLE0704 - called inside emit's `except`: the writer counts the loss
+
+
+class FileSink:
+    """A rotating file: at `max_bytes` the file becomes `PATH.1` (and `PATH.1` `PATH.2`, up
+    to `backups`), as the standard library's RotatingFileHandler does."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self._handler = _RotatingFile(
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+
+    def write(self, line: str) -> None:
+        self._handler.emit(logging.makeLogRecord({"msg": line}))
+
+    def flush(self) -> None:
+        self._handler.flush()
+
+    def close(self) -> None:
+        self._handler.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One answered call, as captured on the request path (nothing built yet)."""
+
+    time: float
+    tenant: str
+    inputs: Sequence[CheckInput]
+    results: Sequence[CheckResult]
+    indices: Sequence[int] | None  # kept batch items; None for a Check
+    latency_us: int
+    trace_id: str | None
+
+
+class DecisionLogger:
+    """Counters `written` and `dropped` (ints, for metrics) count records."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        masker: Masker | None = None,
+        queue_size: int = 10_000,
+        max_record_bytes: int = 4096,
+        allow_sample_rate: float = 1.0,
+        deny_sample_rate: float = 1.0,
+        include_context: bool = True,
+    ) -> None:
+        self._sink = sink
+        self._masker = masker or Masker()
+        self._max_records = queue_size
+        # Request data held by queued calls, bounded like the records they become.
+        self._max_bytes = queue_size * max_record_bytes
+        self._max_record_bytes = max_record_bytes
+        self._allow_rate = allow_sample_rate
+        self._deny_rate = deny_sample_rate
+        self._include_context = include_context
+        self._queue: collections.deque[tuple[_Call, int, int]] = collections.deque()
+        self._lock = threading.Lock()
+        self._queued_records = 0
+        self._queued_bytes = 0
+        self.written = 0
+        self.dropped = 0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
+        self._thread.start()
+
+    # -- the request path ------------------------------------------------------------
+
+    def check(
+        self,
+        tenant: str,
+        request: CheckInput,
+        result: CheckResult,
+        started: float,
+        metadata: Metadata | None,
+    ) -> None:
+        """Log one Check's decision; `started` is the call's `time.perf_counter()`."""
+        if self._keep(result):
+            self._enqueue(tenant, [request], [result], None, started, metadata)
+
+    def batch(
+        self,
+        tenant: str,
+        requests: Sequence[CheckInput],
+        results: Sequence[CheckResult],
+        started: float,
+        metadata: Metadata | None,
+    ) -> None:
+        """Log every decision of a CheckBatch (each sampled on its own)."""
+        kept = [i for i, r in enumerate(results) if self._keep(r)]
+        if kept:
+            self._enqueue(tenant, requests, results, kept, started, metadata)
+
+    def _keep(self, result: CheckResult) -> bool:
+        allow = result.decision is Decision.ALLOW and not result.errors
+        rate = self._allow_rate if allow else self._deny_rate
+        return rate >= 1.0 or random.random() < rate
+
+    def _enqueue(
+        self,
+        tenant: str,
+        requests: Sequence[CheckInput],
+        results: Sequence[CheckResult],
+        kept: Sequence[int] | None,
+        started: float,
+        metadata: Metadata | None,
+    ) -> None:
+        latency = int((time.perf_counter() - started) * 1e6)
+        records = len(results) if kept is None else len(kept)
+        size = sum(_request_bytes(r) for r in requests)
+        call = _Call(
+            time.time(), tenant or DEFAULT_TENANT, requests, results, kept, latency,
+            trace_id(metadata),
+        )  # fmt: skip
+        with self._lock:
+            if (
+                self._stopping
+                or self._queued_records + records > self._max_records
+                or (self._queued_records and self._queued_bytes + size > self._max_bytes)
+            ):
+                self.dropped += records
+                return
+            self._queued_records += records
+            self._queued_bytes += size
+            self._queue.append((call, records, size))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Write every queued record, then close the sink. Later calls are dropped."""
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("decision log: %d record(s) still queued at exit", self._queued_records)
+        self._sink.close()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            self._drain()
+            if self._stopping and not self._queue:
+                return
+            self._wake.wait(IDLE_WAKE_SECONDS)
+
+    def _drain(self) -> None:
+        while self._queue:
+            call, records, size = self._queue.popleft()
+            written = 0
+            try:
+                for line in self._lines(call):
+                    self._sink.write(line)
+                    written += 1
+                self._sink.flush()
+            except Exception:  # noqa: BLE001 - a failing sink must not stop the writer
+                log.exception("decision log: writing failed; records dropped")
+            with self._lock:
+                self.written += written
+                self.dropped += records - written
+                self._queued_records -= records
+                self._queued_bytes -= size
+
+    def _lines(self, call: _Call) -> Iterable[str]:
+        memo: dict[int, tuple[Any, set[str], int]] = {}  # batch items share contexts
+        indices = range(len(call.results)) if call.indices is None else call.indices
+        for i in indices:
+            yield self._record(call, i, memo)
+
+    def _record(self, call: _Call, i: int, memo: dict[int, tuple[Any, set[str], int]]) -> str:
+        req, res = call.inputs[i], call.results[i]
+        stats = Stats()
+        m = self._masker
+        record: dict[str, Any] = {
+            "v": RECORD_VERSION,
+            "time": datetime.fromtimestamp(call.time, UTC)
+            .isoformat(timespec="microseconds")
+            .replace("+00:00", "Z"),
+            "decision_id": res.decision_id,
+            "tenant": call.tenant,
+            "principal": _entity(m, req.principal, stats, "principal"),
+            "action": _entity(m, req.action, stats, "action"),
+            "resource": _entity(m, req.resource, stats, "resource"),
+            "decision": res.decision.value,
+            "determining_policies": list(res.determining_policies),
+            "errors": [
+                {
+                    "policy_id": e.policy_id,
+                    "message": m.text(e.message, stats, "errors", MAX_MESSAGE_CHARS),
+                }
+                for e in res.errors
+            ],  # fmt: skip
+            "policy_version": {
+                "bundle": res.version.name,
+                "version": res.version.version,
+                "digest": res.version.digest,
+            },
+            "cache_hit": res.cache_hit,
+            "latency_us": call.latency_us,
+            "trace_id": call.trace_id,
+            "batch": None if call.indices is None else {"index": i, "size": len(call.results)},
+            "context": None,
+            "entities": None,
+            "masked": 0,
+            "truncated": [],
+        }
+        if self._include_context:
+            record["context"] = self._tree(memo, "context", req.context, stats)
+            ents = req.entities
+            if ents is not None:
+                record["entities"] = self._tree(
+                    memo, "entities", ents.items if ents.items is not None else ents.json, stats
+                )
+        record["masked"] = stats.masked
+        record["truncated"] = sorted(stats.truncated)
+        return self._bounded(record)
+
+    def _tree(
+        self, memo: dict[int, tuple[Any, set[str], int]], root: str, value: Any, stats: Stats
+    ) -> Any:
+        key = id(value)
+        if key not in memo:
+            own = Stats()
+            try:
+                tree = json.loads(value) if isinstance(value, str) else value
+                out = self._masker.tree(root, tree, own, self._max_record_bytes)
+            except OverBudget:
+                out = None
+                own.truncated.add(root)
+            except ValueError:  # not JSON: the engine refused it, so this never happens
+                out = None
+                own.truncated.add(root)
+            memo[key] = (out, own.truncated, own.masked)
+        out, truncated, masked = memo[key]
+        stats.truncated |= truncated
+        stats.masked += masked
+        return out
+
+    def _bounded(self, record: dict[str, Any]) -> str:
+        """The record as one JSON line of at most max_record_bytes: what does not fit is
+        dropped (request entities, then context, then errors and policies from the end),
+        and named in `truncated`."""
+        line = json.dumps(record, separators=(",", ":"))
+        for name in ("entities", "context", "errors", "determining_policies"):
+            while len(line) > self._max_record_bytes and record[name]:
+                if isinstance(record[name], list) and name in ("errors", "determining_policies"):
+                    record[name] = record[name][: len(record[name]) // 2]
+                else:
+                    record[name] = None
+                if name not in record["truncated"]:
+                    record["truncated"] = sorted([*record["truncated"], name])
+                line = json.dumps(record, separators=(",", ":"))
+        return line
+
+
+def _entity(m: Masker, ref: EntityRef, stats: Stats, where: str) -> dict[str, str]:
+    return {"type": m.text(ref.type, stats, where), "id": m.text(ref.id, stats, where)}
+
+
+def _request_bytes(req: CheckInput) -> int:
+    ctx = req.context
+    size = len(ctx) if isinstance(ctx, str) else 64
+    return size + (len(req.entities.json) if req.entities is not None else 0)
+
+
+def decision_logger(settings: Settings, *, worker: bool = False) -> DecisionLogger | None:
+    """The logger the settings ask for, or None when decision logs are off. A `--workers`
+    process writes its own file, `PATH.<pid>`: rotating one file from many processes would
+    lose records."""
+    s = settings
+    if s.decision_log == "off":
+        return None
+    sink: Sink
+    if s.decision_log == "file":
+        assert s.decision_log_file is not None  # required by Settings
+        path = s.decision_log_file
+        if worker:
+            path = path.with_name(f"{path.name}.{os.getpid()}")
+        sink = FileSink(path, s.decision_log_max_file_bytes, s.decision_log_backup_count)
+    else:
+        sink = StdoutSink()
+    return DecisionLogger(
+        sink,
+        masker=Masker(s.decision_log_mask_paths, s.decision_log_drop_paths),
+        queue_size=s.decision_log_queue_size,
+        max_record_bytes=s.decision_log_max_record_bytes,
+        allow_sample_rate=s.decision_log_allow_sample_rate,
+        deny_sample_rate=s.decision_log_deny_sample_rate,
+        include_context=s.decision_log_context,
+    )
