@@ -37,7 +37,9 @@ RECORD_VERSION = 1
 MAX_MESSAGE_CHARS = 1024  # an error message (Cedar's text may quote request values)
 PIPE_BUF = 4096  # writes up to this size to a pipe are atomic: `--workers` never interleave
 CLOSE_TIMEOUT_SECONDS = 30.0
-IDLE_WAKE_SECONDS = 0.5  # the writer's poll when no one wakes it (a safety net only)
+# The writer wakes this often, or when a quarter of the queue is full: waking per record
+# would cost a thread switch (and a GIL hand-off) per decision.
+DRAIN_INTERVAL_SECONDS = 0.1
 
 Metadata = Iterable[tuple[str, str | bytes]]
 
@@ -174,6 +176,7 @@ class DecisionLogger:
         self.written = 0
         self.dropped = 0
         self._wake = threading.Event()
+        self._wake_at = max(1, queue_size // 4)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
         self._thread.start()
@@ -241,7 +244,7 @@ class DecisionLogger:
             self._queued_records += records
             self._queued_bytes += size
             self._queue.append((call, records, size))
-        if not self._wake.is_set():
+        if self._queued_records >= self._wake_at and not self._wake.is_set():
             self._wake.set()
 
     # -- the writer thread ---------------------------------------------------------------
@@ -262,7 +265,7 @@ class DecisionLogger:
             self._drain()
             if self._stopping and not self._queue:
                 return
-            self._wake.wait(IDLE_WAKE_SECONDS)
+            self._wake.wait(DRAIN_INTERVAL_SECONDS)
 
     def _drain(self) -> None:
         while self._queue:
@@ -273,8 +276,10 @@ class DecisionLogger:
                     self._sink.write(line)
                     written += 1
                 self._sink.flush()
-            except Exception:  # noqa: BLE001 - a failing sink must not stop the writer
-                log.exception("decision log: writing failed; records dropped")
+            except Exception as exc:  # noqa: BLE001 - a failing sink must not stop the writer
+                # Only the exception's type: its message or traceback could quote the very
+                # request values the records mask.
+                log.error("decision log: writing failed (%s); records dropped", type(exc).__name__)
             with self._lock:
                 self.written += written
                 self.dropped += records - written
@@ -282,12 +287,12 @@ class DecisionLogger:
                 self._queued_bytes -= size
 
     def _lines(self, call: _Call) -> Iterable[str]:
-        memo: dict[int, tuple[Any, set[str], int]] = {}  # batch items share contexts
+        memo = _Memo()  # batch items share contexts, entities and often their uids
         indices = range(len(call.results)) if call.indices is None else call.indices
         for i in indices:
             yield self._record(call, i, memo)
 
-    def _record(self, call: _Call, i: int, memo: dict[int, tuple[Any, set[str], int]]) -> str:
+    def _record(self, call: _Call, i: int, memo: _Memo) -> str:
         req, res = call.inputs[i], call.results[i]
         stats = Stats()
         m = self._masker
@@ -298,9 +303,9 @@ class DecisionLogger:
             .replace("+00:00", "Z"),
             "decision_id": res.decision_id,
             "tenant": call.tenant,
-            "principal": _entity(m, req.principal, stats, "principal"),
-            "action": _entity(m, req.action, stats, "action"),
-            "resource": _entity(m, req.resource, stats, "resource"),
+            "principal": memo.entity(m, req.principal, stats, "principal"),
+            "action": memo.entity(m, req.action, stats, "action"),
+            "resource": memo.entity(m, req.resource, stats, "resource"),
             "decision": res.decision.value,
             "determining_policies": list(res.determining_policies),
             "errors": [
@@ -319,41 +324,47 @@ class DecisionLogger:
             "latency_us": call.latency_us,
             "trace_id": call.trace_id,
             "batch": None if call.indices is None else {"index": i, "size": len(call.results)},
-            "context": None,
-            "entities": None,
-            "masked": 0,
-            "truncated": [],
         }
+        context = entities = "null"  # each tree serialised once per call, spliced in below
         if self._include_context:
-            record["context"] = self._tree(memo, "context", req.context, stats)
+            context = self._tree(memo, "context", req.context, stats)
             ents = req.entities
             if ents is not None:
-                record["entities"] = self._tree(
-                    memo, "entities", ents.items if ents.items is not None else ents.json, stats
-                )
-        record["masked"] = stats.masked
-        record["truncated"] = sorted(stats.truncated)
+                entities = self._tree(memo, "entities", ents.json, stats)
+        head = json.dumps(record, separators=(",", ":"))[:-1]
+        line = (
+            f'{head},"context":{context},"entities":{entities},"masked":{stats.masked},'
+            f'"truncated":{json.dumps(sorted(stats.truncated))}}}'
+        )
+        if len(line) <= self._max_record_bytes:  # ASCII: characters are bytes
+            return line
+        record.update(
+            context=json.loads(context),
+            entities=json.loads(entities),
+            masked=stats.masked,
+            truncated=sorted(stats.truncated),
+        )
         return self._bounded(record)
 
-    def _tree(
-        self, memo: dict[int, tuple[Any, set[str], int]], root: str, value: Any, stats: Stats
-    ) -> Any:
+    def _tree(self, memo: _Memo, root: str, value: Any, stats: Stats) -> str:
+        """The masked tree as JSON text ("null" if it exceeds the record on its own)."""
         key = id(value)
-        if key not in memo:
+        if key not in memo.trees:
             own = Stats()
             try:
-                tree = json.loads(value) if isinstance(value, str) else value
-                out = self._masker.tree(root, tree, own, self._max_record_bytes)
-            except OverBudget:
-                out = None
+                budget = self._max_record_bytes
+                if isinstance(value, str):
+                    out = self._masker.tree_text(root, value, own, budget)
+                else:
+                    tree = self._masker.tree(root, value, own, budget)
+                    out = json.dumps(tree, separators=(",", ":"))
+            except (OverBudget, ValueError):  # ValueError: not JSON (the engine refused it)
+                out = "null"
                 own.truncated.add(root)
-            except ValueError:  # not JSON: the engine refused it, so this never happens
-                out = None
-                own.truncated.add(root)
-            memo[key] = (out, own.truncated, own.masked)
-        out, truncated, masked = memo[key]
-        stats.truncated |= truncated
-        stats.masked += masked
+            memo.trees[key] = (out, own)
+        out, own = memo.trees[key]
+        stats.truncated |= own.truncated
+        stats.masked += own.masked
         return out
 
     def _bounded(self, record: dict[str, Any]) -> str:
@@ -373,8 +384,23 @@ class DecisionLogger:
         return line
 
 
-def _entity(m: Masker, ref: EntityRef, stats: Stats, where: str) -> dict[str, str]:
-    return {"type": m.text(ref.type, stats, where), "id": m.text(ref.id, stats, where)}
+class _Memo:
+    """What the records of one call share: masked trees (by object) and masked uids."""
+
+    def __init__(self) -> None:
+        self.trees: dict[int, tuple[str, Stats]] = {}
+        self._uids: dict[tuple[str, str, str], tuple[dict[str, str], Stats]] = {}
+
+    def entity(self, m: Masker, ref: EntityRef, stats: Stats, where: str) -> dict[str, str]:
+        key = (where, ref.type, ref.id)
+        if key not in self._uids:
+            own = Stats()
+            out = {"type": m.text(ref.type, own, where), "id": m.text(ref.id, own, where)}
+            self._uids[key] = (out, own)
+        out, own = self._uids[key]
+        stats.masked += own.masked
+        stats.truncated |= own.truncated
+        return out
 
 
 def _request_bytes(req: CheckInput) -> int:

@@ -19,6 +19,8 @@ O(record size) however large the request was.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,9 @@ ELLIPSIS = "…"
 # cut masks any secret whose beginning would be written.
 _STRADDLE = 48
 PATH_ROOTS = ("context", "entities")
+# Clients send the same contexts again and again: texts found clean are remembered (the
+# Masker is used by the one writer thread).
+CLEAN_CACHE_ENTRIES = 1024
 
 # Keys whose value is a secret whatever it looks like. Keys are compared lowercased with
 # everything but letters and digits removed (`API-Key`, `api_key`, `apiKey` -> `apikey`).
@@ -60,6 +65,17 @@ _JWT = re.compile(r"e[w-z0-9_-][A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0
 _AUTH = re.compile(r"(?i:bearer)[\s:=]+[A-Za-z0-9._~+/-]+=*|(?i:basic)\s+[A-Za-z0-9+/]{8,}={0,2}")
 # What every match above needs somewhere: most strings (ids, names) have none of it.
 _GATE = re.compile(r"[0-9]{2}|e[w-z0-9_-]|(?i:bearer|basic)")
+# The same over a whole JSON text, plus what it cannot see through: an escape (`\u0034` is a
+# digit), a string that may need cutting (a long run without a quote), any key or text that
+# may name a secret once lower-cased and stripped to letters and digits.
+_RAW_GATE = re.compile(
+    r"[0-9](?:[ -]?[0-9]){11}|[A-Za-z]{2}[0-9]{2}|e[w-z0-9_-][A-Za-z0-9_-]{8,}\."
+    r"|(?i:bearer|basic)|\\|[^\"]{" + str(MAX_VALUE_CHARS + 1) + ",}"
+)
+_RAW_SECRET = re.compile(
+    "|".join([*_SECRET_PARTS, *_SECRET_NAMES, *_CVV_PARTS, *_CVV_NAMES, "token"])
+)
+_JSON_LINE = re.compile(r"[^\x20-\x7e]")  # what keeps a JSON text from being one ASCII line
 _IBAN_START = re.compile(r"(?=[A-Za-z]{2}[0-9]{2})")
 _DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,}")
 
@@ -87,6 +103,7 @@ _IBAN_LENGTHS = {
 }
 
 
+@functools.lru_cache(maxsize=4096)  # the same few key names, decision after decision
 def secret_kind(key: str) -> str | None:
     """`"cvv"` or `"secret"` if a value under `key` is never written, else None."""
     k = _NOT_ALNUM.sub("", key.lower())
@@ -252,12 +269,15 @@ class Masker:
         rules = [_Rule(parse_path(p), False) for p in mask_paths]
         rules += [_Rule(parse_path(p), True) for p in drop_paths]
         # Rules by root, each as (rule, how many of its keys matched so far).
+        self._clean: dict[str, str] = {}  # texts with nothing to mask -> their JSON line
         self._rules = {
             root: tuple((r, 1) for r in rules if r.keys[0] == root) for root in PATH_ROOTS
         }
 
     def text(self, value: str, stats: Stats, where: str, limit: int = MAX_VALUE_CHARS) -> str:
         """A caller-controlled string, masked and cut to `limit` characters."""
+        if len(value) <= limit and (len(value) < 8 or not _GATE.search(value)):
+            return value  # the common case: nothing any detector could match
         hits: list[str] = []
         out = mask_text(value[: limit + _STRADDLE], hits)
         stats.masked += len(hits)
@@ -265,6 +285,30 @@ class Masker:
             stats.truncated.add(where)
             out = out[:limit] + ELLIPSIS
         return out
+
+    def tree_text(self, root: str, text: str, stats: Stats, budget: int) -> str:
+        """A JSON text (`context` or `entities`), masked, as one line of JSON; OverBudget
+        (or ValueError if it is not JSON). Most texts hold nothing any rule could touch,
+        which one pass over the text shows: those are written as they are."""
+        clean = self._clean.get(text)
+        if clean is not None:
+            return clean
+        if (
+            len(text) <= budget
+            and not self._rules[root]
+            and not _RAW_GATE.search(text)
+            and not _RAW_SECRET.search(_NOT_ALNUM.sub("", text.lower()))
+        ):
+            line = text
+            if _JSON_LINE.search(text):
+                line = json.dumps(json.loads(text), separators=(",", ":"))
+            # Only texts written as they are, so the cache holds nothing a record may not.
+            if len(self._clean) >= CLEAN_CACHE_ENTRIES:
+                self._clean.clear()
+            self._clean[text] = line
+            return line
+        tree = self.tree(root, json.loads(text), stats, budget)
+        return json.dumps(tree, separators=(",", ":"))
 
     def tree(self, root: str, value: Any, stats: Stats, budget: int) -> Any:
         """A JSON tree (`context` or `entities`), masked; OverBudget once its output would

@@ -10,6 +10,7 @@ import os
 import string
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -648,8 +649,6 @@ def test_a_stalled_sink_drops_and_counts_instead_of_blocking() -> None:
     sink = GateSink()
     logger = DecisionLogger(sink, queue_size=10)
     req = CheckInput(EntityRef("User", "u"), EntityRef("Action", "a"), EntityRef("Thing", "t"))
-    import time
-
     for i in range(100):  # every call returns while the sink is stuck
         logger.check("t", req, result(i), time.perf_counter(), None)
     # One call may be in the writer's hands (stuck in write), the queue holds the rest.
@@ -691,3 +690,58 @@ def test_bad_decision_log_settings_exit_2_naming_the_setting(
     )  # fmt: skip
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert f"invalid setting {name}" in r.stderr, r.stderr
+
+
+class FailingSink(GateSink):
+    def write(self, line: str) -> None:
+        raise OSError("No space left on device")
+
+
+def test_a_failing_sink_counts_its_records_as_dropped() -> None:
+    logger = DecisionLogger(FailingSink())
+    req = CheckInput(EntityRef("User", "u"), EntityRef("Action", "a"), EntityRef("Thing", "t"))
+    logger.batch("t", [req] * 3, [result(i) for i in range(3)], time.perf_counter(), None)
+    logger.check("t", req, result(9), time.perf_counter(), None)
+    logger.close()
+    assert (logger.written, logger.dropped, logger.queued) == (0, 4, 0)
+
+
+def test_each_worker_writes_its_own_file(bundle: Path, tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    args = ["--workers", "2", "--decision-log", "file", "--decision-log-file", str(path)]
+    answered: list[str] = []
+    with serve(bundle, *args) as srv:
+        deadline = time.monotonic() + 30
+        while sum("listening on" in line for line in srv.lines) < 2:  # both workers up
+            assert time.monotonic() < deadline, srv.log()
+            time.sleep(0.05)
+        for _ in range(8):  # connections, spread over the workers by the kernel
+            with srv.channel() as ch:
+                answered += [srv.stub(ch).Check(check()).decision_id for _ in range(5)]
+    files = sorted(tmp_path.glob("d.jsonl.*"))
+    assert not path.exists() and 1 <= len(files) <= 2
+    written = [json.loads(x)["decision_id"] for f in files for x in f.read_text().splitlines()]
+    assert sorted(written) == sorted(answered)
+
+
+def test_secrets_spelled_with_json_escapes_are_masked_too(bundle: Path) -> None:
+    """The context is written as sent when one pass over its text finds nothing to mask; an
+    escape (`\\u0034` is `4`) must not slip a secret past that pass."""
+    pan = "4111111111111111"
+    escaped = "".join(f"\\u{ord(c):04x}" for c in pan)
+    text = '{"note": "' + escaped + '", "pass\\u0077ord": "hunter22", "ok": "plain"}'
+    with serve(bundle) as srv, srv.channel() as ch:
+        stub = srv.stub(ch)
+        req = check()
+        req.context_json = text
+        stub.Check(req)
+        req.context_json = '{"ok":\n "plain"}'  # clean, but not one line: re-serialised
+        stub.Check(req)
+    first, second = records(srv.lines)
+    assert first["context"] == {
+        "note": "<masked:pan>",
+        "password": "<masked:secret>",
+        "ok": "plain",
+    }
+    assert second["context"] == {"ok": "plain"} and second["masked"] == 0
+    assert pan not in srv.log() and "hunter22" not in srv.log()
