@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pdp.masking import Masker, OverBudget, Stats
-from pdp.model import DEFAULT_TENANT, CheckInput, CheckResult, Decision, EntityRef
+from pdp.model import (
+    DEFAULT_TENANT,
+    BundleVersion,
+    CheckInput,
+    CheckResult,
+    Decision,
+    EntityRef,
+)
 
 if TYPE_CHECKING:
     from pdp.config import Settings
@@ -34,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECORD_VERSION = 1
-MAX_MESSAGE_CHARS = 1024  # an error message (Cedar's text may quote request values)
+MAX_MESSAGE = 1024  # an error message (Cedar's text may quote request values)
 PIPE_BUF = 4096  # writes up to this size to a pipe are atomic: `--workers` never interleave
 CLOSE_TIMEOUT_SECONDS = 30.0
 # The writer wakes this often, or when a quarter of the queue is full: waking per record
@@ -51,7 +58,15 @@ def trace_id(metadata: Metadata | None) -> str | None:
     """The trace id of the caller's `traceparent`, parsed strictly per W3C Trace Context:
     None if absent, repeated, or malformed (upper-case hex, version ff, all-zero ids, data
     after a version-00 header, ...), as a receiver that restarts the trace would."""
-    values = [v for k, v in metadata or () if k == "traceparent"]
+    return parse_traceparent(traceparents(metadata))
+
+
+def traceparents(metadata: Metadata | None) -> list[str | bytes]:
+    """The `traceparent` values of a call's metadata (what the request path keeps)."""
+    return [v for k, v in metadata or () if k == "traceparent"]
+
+
+def parse_traceparent(values: Sequence[str | bytes]) -> str | None:
     if len(values) != 1 or not isinstance(values[0], str):
         return None
     m = _TRACEPARENT.fullmatch(values[0])
@@ -132,7 +147,7 @@ class FileSink:
         self._file.close()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs microseconds per call
 class _Call:
     """One answered call, as captured on the request path (nothing built yet)."""
 
@@ -142,7 +157,7 @@ class _Call:
     results: Sequence[CheckResult]
     indices: Sequence[int] | None  # kept batch items; None for a Check
     latency_us: int
-    trace_id: str | None
+    traceparents: list[str | bytes]  # parsed by the writer
 
 
 class DecisionLogger:
@@ -231,7 +246,7 @@ class DecisionLogger:
         size = sum(_request_bytes(r) for r in requests)
         call = _Call(
             time.time(), tenant or DEFAULT_TENANT, requests, results, kept, latency,
-            trace_id(metadata),
+            traceparents(metadata),
         )  # fmt: skip
         with self._lock:
             if (
@@ -288,63 +303,50 @@ class DecisionLogger:
 
     def _lines(self, call: _Call) -> Iterable[str]:
         memo = _Memo()  # batch items share contexts, entities and often their uids
+        trace = json.dumps(parse_traceparent(call.traceparents))
+        stamp = datetime.fromtimestamp(call.time, UTC).isoformat(timespec="microseconds")
+        # Everything but the decision's own fields is the call's: serialised once.
+        common = (
+            f'"time":"{stamp.replace("+00:00", "Z")}"',
+            f'"tenant":{json.dumps(call.tenant)}',
+            f'"latency_us":{call.latency_us},"trace_id":{trace}',
+        )
         indices = range(len(call.results)) if call.indices is None else call.indices
         for i in indices:
-            yield self._record(call, i, memo)
+            yield self._record(call, i, memo, common)
 
-    def _record(self, call: _Call, i: int, memo: _Memo) -> str:
+    def _record(self, call: _Call, i: int, memo: _Memo, common: tuple[str, str, str]) -> str:
         req, res = call.inputs[i], call.results[i]
         stats = Stats()
         m = self._masker
-        record: dict[str, Any] = {
-            "v": RECORD_VERSION,
-            "time": datetime.fromtimestamp(call.time, UTC)
-            .isoformat(timespec="microseconds")
-            .replace("+00:00", "Z"),
-            "decision_id": res.decision_id,
-            "tenant": call.tenant,
-            "principal": memo.entity(m, req.principal, stats, "principal"),
-            "action": memo.entity(m, req.action, stats, "action"),
-            "resource": memo.entity(m, req.resource, stats, "resource"),
-            "decision": res.decision.value,
-            "determining_policies": list(res.determining_policies),
-            "errors": [
-                {
-                    "policy_id": e.policy_id,
-                    "message": m.text(e.message, stats, "errors", MAX_MESSAGE_CHARS),
-                }
-                for e in res.errors
-            ],  # fmt: skip
-            "policy_version": {
-                "bundle": res.version.name,
-                "version": res.version.version,
-                "digest": res.version.digest,
-            },
-            "cache_hit": res.cache_hit,
-            "latency_us": call.latency_us,
-            "trace_id": call.trace_id,
-            "batch": None if call.indices is None else {"index": i, "size": len(call.results)},
-        }
+        errors = [
+            {"policy_id": e.policy_id, "message": m.text(e.message, stats, "errors", MAX_MESSAGE)}
+            for e in res.errors
+        ]
+        batch = "null" if call.indices is None else f'{{"index":{i},"size":{len(call.results)}}}'
         context = entities = "null"  # each tree serialised once per call, spliced in below
         if self._include_context:
             context = self._tree(memo, "context", req.context, stats)
             ents = req.entities
             if ents is not None:
                 entities = self._tree(memo, "entities", ents.json, stats)
-        head = json.dumps(record, separators=(",", ":"))[:-1]
+        time_, tenant, timing = common
         line = (
-            f'{head},"context":{context},"entities":{entities},"masked":{stats.masked},'
-            f'"truncated":{json.dumps(sorted(stats.truncated))}}}'
+            f'{{"v":{RECORD_VERSION},{time_},"decision_id":{json.dumps(res.decision_id)},'
+            f'{tenant},"principal":{memo.entity(m, req.principal, stats, "principal")},'
+            f'"action":{memo.entity(m, req.action, stats, "action")},'
+            f'"resource":{memo.entity(m, req.resource, stats, "resource")},'
+            f'"decision":"{res.decision.value}",'
+            f'"determining_policies":{json.dumps(list(res.determining_policies))},'
+            f'"errors":{json.dumps(errors, separators=(",", ":")) if errors else "[]"},'
+            f'"policy_version":{memo.version(res.version)},'
+            f'"cache_hit":{"true" if res.cache_hit else "false"},{timing},"batch":{batch},'
+            f'"context":{context},"entities":{entities},"masked":{stats.masked},'
+            f'"truncated":{json.dumps(sorted(stats.truncated)) if stats.truncated else "[]"}}}'
         )
         if len(line) <= self._max_record_bytes:  # ASCII: characters are bytes
             return line
-        record.update(
-            context=json.loads(context),
-            entities=json.loads(entities),
-            masked=stats.masked,
-            truncated=sorted(stats.truncated),
-        )
-        return self._bounded(record)
+        return self._bounded(json.loads(line))
 
     def _tree(self, memo: _Memo, root: str, value: Any, stats: Stats) -> str:
         """The masked tree as JSON text ("null" if it exceeds the record on its own)."""
@@ -385,22 +387,30 @@ class DecisionLogger:
 
 
 class _Memo:
-    """What the records of one call share: masked trees (by object) and masked uids."""
+    """What the records of one call share, as JSON text: masked trees (by object), masked
+    uids and policy versions."""
 
     def __init__(self) -> None:
         self.trees: dict[int, tuple[str, Stats]] = {}
-        self._uids: dict[tuple[str, str, str], tuple[dict[str, str], Stats]] = {}
+        self._uids: dict[tuple[str, str, str], tuple[str, Stats]] = {}
+        self._versions: dict[BundleVersion, str] = {}
 
-    def entity(self, m: Masker, ref: EntityRef, stats: Stats, where: str) -> dict[str, str]:
+    def entity(self, m: Masker, ref: EntityRef, stats: Stats, where: str) -> str:
         key = (where, ref.type, ref.id)
         if key not in self._uids:
             own = Stats()
-            out = {"type": m.text(ref.type, own, where), "id": m.text(ref.id, own, where)}
-            self._uids[key] = (out, own)
+            uid = {"type": m.text(ref.type, own, where), "id": m.text(ref.id, own, where)}
+            self._uids[key] = (json.dumps(uid, separators=(",", ":")), own)
         out, own = self._uids[key]
         stats.masked += own.masked
         stats.truncated |= own.truncated
         return out
+
+    def version(self, v: BundleVersion) -> str:
+        if v not in self._versions:
+            fields = {"bundle": v.name, "version": v.version, "digest": v.digest}
+            self._versions[v] = json.dumps(fields, separators=(",", ":"))
+        return self._versions[v]
 
 
 def _request_bytes(req: CheckInput) -> int:
