@@ -22,6 +22,7 @@ import watchfiles
 
 from pdp.config import Settings
 from pdp.decision_cache import DecisionCache
+from pdp.decision_log import DecisionLogger, decision_logger
 from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
@@ -54,6 +55,7 @@ class App:
         self.sources = settings.bundle_sources()
         self.reloader = Reloader(self.engine, self.sources)
         self._server: PdpServer | None = None
+        self.decision_log: DecisionLogger | None = None
         self._stop = asyncio.Event()
         self._reloading = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()  # keeps signal-started reloads alive
@@ -95,6 +97,7 @@ class App:
     async def run(self, on_listening: Callable[[int], None] | None = None) -> None:
         s = self.settings
         tracing = self.start_tracing()
+        self.decision_log = decision_logger(s, worker=self.reuse_port)
         server = PdpServer(
             self.engine,
             s.listen,
@@ -107,6 +110,7 @@ class App:
             max_check_streams=s.check_streams,
             reuse_port=self.reuse_port,
             tracing=tracing,
+            decision_log=self.decision_log,
         )
         self._server = server
         self._update_health()  # before the first call: the health servicer starts SERVING
@@ -136,6 +140,9 @@ class App:
                 log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
                 await asyncio.to_thread(server.stop(s.shutdown_grace_seconds).wait)
                 tracing.shutdown()  # export the queued spans, within a bound
+                if self.decision_log is not None:
+                    # Every answered call's records are written before the process exits.
+                    await asyncio.to_thread(self.decision_log.close)
         log.info("stopped")
 
     async def _watch(self) -> None:

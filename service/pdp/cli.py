@@ -86,6 +86,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--decision-cache-bytes", type=int)
     serve.add_argument("--decision-cache-ttl-seconds", type=float)
     serve.add_argument("--max-check-streams", type=int, help="open CheckStream streams")
+    serve.add_argument("--decision-log", choices=["stdout", "file", "off"])
+    serve.add_argument("--decision-log-file", type=Path)
+    serve.add_argument("--decision-log-max-file-bytes", type=int)
+    serve.add_argument("--decision-log-backup-count", type=int)
+    serve.add_argument("--decision-log-queue-size", type=int)
+    serve.add_argument("--decision-log-max-record-bytes", type=int)
+    serve.add_argument("--decision-log-allow-sample-rate", type=float)
+    serve.add_argument("--decision-log-deny-sample-rate", type=float)
+    serve.add_argument(
+        "--no-decision-log-context", dest="decision_log_context", action="store_const", const=False
+    )
+    serve.add_argument(
+        "--decision-log-mask-path", dest="decision_log_mask_paths", action="append", metavar="PATH"
+    )
+    serve.add_argument(
+        "--decision-log-drop-path", dest="decision_log_drop_paths", action="append", metavar="PATH"
+    )
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="ask for one decision")
@@ -188,6 +205,17 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "decision_cache_bytes",
             "decision_cache_ttl_seconds",
             "max_check_streams",
+            "decision_log",
+            "decision_log_file",
+            "decision_log_max_file_bytes",
+            "decision_log_backup_count",
+            "decision_log_queue_size",
+            "decision_log_max_record_bytes",
+            "decision_log_allow_sample_rate",
+            "decision_log_deny_sample_rate",
+            "decision_log_context",
+            "decision_log_mask_paths",
+            "decision_log_drop_paths",
         )
         if (v := getattr(args, k)) is not None
     }

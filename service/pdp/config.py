@@ -17,6 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pdp.masking import parse_path
 from pdp.model import DEFAULT_TENANT, TENANT_NAME
 from pdp.tenants import BundleSources
 
@@ -139,6 +140,59 @@ class Settings(BaseSettings):
         threads = info.data.get("threads")
         if v is not None and threads is not None and v >= threads:
             raise ValueError(f"must be below threads ({threads}): a stream holds a thread")
+        return v
+
+    # Decision logs (README, "Decision logs"): one masked JSON record per decision.
+    decision_log: Literal["stdout", "file", "off"] = "stdout"
+    """Where decision records go: stdout (the server's own log is on stderr), a rotating
+    file (`decision_log_file`), or nowhere."""
+
+    decision_log_file: Path | None = Field(None, validate_default=True)
+    """The file of `decision_log = "file"`; with `--workers`, each worker writes PATH.<pid>."""
+
+    decision_log_max_file_bytes: int = Field(100 * 1024 * 1024, ge=4096, le=1 << 40)
+    """Size at which the file is rotated (PATH -> PATH.1 -> PATH.2 ...)."""
+
+    decision_log_backup_count: int = Field(5, ge=1, le=1000)
+    """Rotated files kept beside the current one."""
+
+    decision_log_queue_size: int = Field(10_000, ge=1, le=1_000_000)
+    """Records waiting to be written; past it (a sink slower than the decisions) records are
+    dropped and counted, never waited for."""
+
+    decision_log_max_record_bytes: int = Field(4096, ge=1024, le=1024 * 1024)
+    """Largest record; what does not fit is dropped (entities, then context, ...) and named
+    in the record's `truncated`. At 4096 or less a record is one atomic write to a pipe."""
+
+    decision_log_allow_sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of Allow decisions written (an Allow with errors counts as a Deny here)."""
+
+    decision_log_deny_sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of Deny decisions (and decisions with errors) written."""
+
+    decision_log_context: bool = True
+    """Write the (masked) context and request entities: the facts a decision rested on."""
+
+    decision_log_mask_paths: list[str] = Field(default_factory=list)
+    """Paths in the record to mask, e.g. `context.customer.email`, `entities.attrs.ssn`."""
+
+    decision_log_drop_paths: list[str] = Field(default_factory=list)
+    """Paths in the record to leave out altogether (same syntax)."""
+
+    @field_validator("decision_log_mask_paths", "decision_log_drop_paths")
+    @classmethod
+    def _check_paths(cls, v: list[str]) -> list[str]:
+        for path in v:
+            parse_path(path)  # ValueError naming the path
+        return v
+
+    @field_validator("decision_log_file")
+    @classmethod
+    def _check_log_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is None and info.data.get("decision_log") == "file":
+            raise ValueError("required when decision_log is 'file'")
+        if v is not None and (v.is_dir() or not v.parent.is_dir()):
+            raise ValueError(f"must be a file in an existing directory: {v}")
         return v
 
     @field_validator("listen")

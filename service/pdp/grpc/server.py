@@ -12,6 +12,7 @@ from grpc_health.v1.health import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from pdp._proto.v1 import authorization_pb2 as pb
+from pdp.decision_log import DecisionLogger
 from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.servicer import AuthorizationServicer
@@ -44,6 +45,7 @@ class PdpServer:
         max_check_streams: int,
         reuse_port: bool = False,
         tracing: Tracing = NO_TRACING,
+        decision_log: DecisionLogger | None = None,
     ) -> None:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pdp-rpc"),
@@ -63,7 +65,9 @@ class PdpServer:
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         add_authorization_service(
-            AuthorizationServicer(engine, max_batch_items, limits, max_check_streams, tracing),
+            AuthorizationServicer(
+                engine, max_batch_items, limits, max_check_streams, tracing, decision_log
+            ),
             self.server,
         )
         self.health = HealthServicer()

@@ -7,12 +7,15 @@ one engine entry point, `Engine.check` or `Engine.check_batch`, between two conv
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import grpc
 
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
+from pdp.decision_log import DecisionLogger
 from pdp.engine import Engine
 from pdp.errors import InvalidRequest
 from pdp.grpc import convert
@@ -29,8 +32,10 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         limits: convert.Limits = convert.DEFAULT_LIMITS,
         max_check_streams: int = 1,
         tracing: Tracing = NO_TRACING,
+        decision_log: DecisionLogger | None = None,
     ) -> None:
         self._engine = engine
+        self._decision_log = decision_log
         self._max_batch_items = max_batch_items
         self._limits = limits
         self.tracing = tracing  # read by `handle_errors` too: the span of each call
@@ -39,25 +44,31 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         self._max_check_streams = max_check_streams
         self._streams = threading.BoundedSemaphore(max_check_streams)
 
-    def _check(self, request: pb.CheckRequest | Undecodable) -> pb.CheckResponse:
+    def _check(
+        self, request: pb.CheckRequest | Undecodable, metadata: Sequence[tuple[str, Any]] | None
+    ) -> pb.CheckResponse:
+        started = time.perf_counter()
         request = decoded(request)
         check = convert.check_input(request, self._limits)
         bypass = convert.bypass_cache(request)
         with self.tracing.decision(request.tenant) as span:
             result = self._engine.check(request.tenant, check, bypass_cache=bypass)
             span.check(check, result)
+        if self._decision_log is not None:
+            self._decision_log.check(request.tenant, check, result, started, metadata)
         return convert.check_response(result)
 
     @handle_errors
     def Check(
         self, request: pb.CheckRequest | Undecodable, context: grpc.ServicerContext
     ) -> pb.CheckResponse:
-        return self._check(request)
+        return self._check(request, context.invocation_metadata())
 
     @handle_errors
     def CheckBatch(
         self, request: pb.CheckBatchRequest | Undecodable, context: grpc.ServicerContext
     ) -> pb.CheckBatchResponse:
+        started = time.perf_counter()
         request = decoded(request)
         if len(request.items) > self._max_batch_items:
             raise InvalidRequest(
@@ -71,6 +82,10 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
             except InvalidRequest as exc:
                 raise convert.batch_error_field(request, exc) from exc
             span.batch(inputs, results)
+        if self._decision_log is not None:
+            self._decision_log.batch(
+                request.tenant, inputs, results, started, context.invocation_metadata()
+            )
         return pb.CheckBatchResponse(results=[convert.check_response(r) for r in results])
 
     def CheckStream(
@@ -84,16 +99,19 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
                 f"{self._max_check_streams} CheckStream streams are open, the limit "
                 "(max_check_streams); use Check or retry later",
             )
+        metadata = context.invocation_metadata()  # the stream's, for every record
         try:
             for request in request_iterator:
-                yield self._stream_answer(request)
+                yield self._stream_answer(request, metadata)
         finally:
             self._streams.release()
 
-    def _stream_answer(self, request: pb.CheckRequest | Undecodable) -> pb.CheckStreamResponse:
+    def _stream_answer(
+        self, request: pb.CheckRequest | Undecodable, metadata: Sequence[tuple[str, Any]] | None
+    ) -> pb.CheckStreamResponse:
         """One request of a stream decided, or the status Check would have ended with."""
         try:
-            return pb.CheckStreamResponse(result=self._check(request))
+            return pb.CheckStreamResponse(result=self._check(request, metadata))
         except Exception as exc:
             code, details = error_status(exc, "CheckStream")
             return pb.CheckStreamResponse(error=pb.CheckError(code=code.value[0], message=details))

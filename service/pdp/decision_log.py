@@ -1,0 +1,446 @@
+"""Decision logs: one JSON record per decision, masked, written off the request path.
+
+The request path only samples and enqueues (`DecisionLogger.check` / `.batch`, a few
+microseconds, never blocking); a background thread builds each record (masking every
+caller-controlled value with `pdp.masking`), bounds its size and writes it to the sink. A
+full queue drops the record and counts it (`dropped`) rather than slow a decision down;
+`close()` at shutdown writes everything still queued. The record format is documented in
+the README and fixed by `docs/decision-log.schema.json`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import random
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pdp.masking import Masker, OverBudget, Stats
+from pdp.model import (
+    DEFAULT_TENANT,
+    BundleVersion,
+    CheckInput,
+    CheckResult,
+    Decision,
+    EntityRef,
+)
+
+if TYPE_CHECKING:
+    from pdp.config import Settings
+
+log = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+MAX_MESSAGE = 1024  # an error message (Cedar's text may quote request values)
+PIPE_BUF = 4096  # writes up to this size to a pipe are atomic: `--workers` never interleave
+CLOSE_TIMEOUT_SECONDS = 30.0
+# The writer wakes this often, or when a quarter of the queue is full: waking per record
+# would cost a thread switch (and a GIL hand-off) per decision.
+DRAIN_INTERVAL_SECONDS = 0.1
+
+Metadata = Iterable[tuple[str, str | bytes]]
+
+# W3C Trace Context, version 00 exactly; a later version may append `-...` fields.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.S)
+
+
+def trace_id(metadata: Metadata | None) -> str | None:
+    """The trace id of the caller's `traceparent`, parsed strictly per W3C Trace Context:
+    None if absent, repeated, or malformed (upper-case hex, version ff, all-zero ids, data
+    after a version-00 header, ...), as a receiver that restarts the trace would."""
+    return parse_traceparent(traceparents(metadata))
+
+
+def traceparents(metadata: Metadata | None) -> list[str | bytes]:
+    """The `traceparent` values of a call's metadata (what the request path keeps)."""
+    return [v for k, v in metadata or () if k == "traceparent"]
+
+
+def parse_traceparent(values: Sequence[str | bytes]) -> str | None:
+    if len(values) != 1 or not isinstance(values[0], str):
+        return None
+    m = _TRACEPARENT.fullmatch(values[0])
+    if m is None:
+        return None
+    version, trace, parent, _flags, rest = m.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return None
+    if trace == "0" * 32 or parent == "0" * 16:
+        return None
+    return trace
+
+
+class Sink(Protocol):
+    def write(self, line: str) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class StdoutSink:
+    """JSON lines on stdout (the server's own log goes to stderr). Lines are gathered into
+    writes of at most PIPE_BUF bytes, so processes sharing one pipe never mix records."""
+
+    def __init__(self, fd: int | None = None) -> None:
+        self._fd = sys.stdout.fileno() if fd is None else fd
+        self._buffer: list[bytes] = []
+        self._size = 0
+
+    def write(self, line: str) -> None:
+        data = line.encode() + b"\n"
+        if self._size + len(data) > PIPE_BUF:
+            self.flush()
+        self._buffer.append(data)
+        self._size += len(data)
+
+    def flush(self) -> None:
+        data = b"".join(self._buffer)
+        self._buffer, self._size = [], 0
+        while data:
+            data = data[os.write(self._fd, data) :]
+
+    def close(self) -> None:
+        self.flush()
+
+
+class FileSink:
+    """A rotating file, as the standard library's RotatingFileHandler rotates: a line that
+    would take the file past `max_bytes` first renames PATH to PATH.1 (PATH.1 to PATH.2, ...,
+    keeping `backups` of them). Unlike the handler it neither flushes nor asks the file its
+    position per line: the writer flushes once per drained batch."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self._path, self._max, self._backups = path, max_bytes, backups
+        self._file = open(path, "ab")  # noqa: SIM115 - held open until close()
+        self._size = self._file.tell()
+
+    def write(self, line: str) -> None:
+        data = line.encode() + b"\n"
+        if self._size and self._size + len(data) > self._max:
+            self._rotate()
+        self._file.write(data)
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for i in range(self._backups - 1, 0, -1):
+            older = self._path.with_name(f"{self._path.name}.{i}")
+            if older.exists():
+                os.replace(older, self._path.with_name(f"{self._path.name}.{i + 1}"))
+        os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
+        self._file = open(self._path, "ab")  # noqa: SIM115
+        self._size = 0
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs microseconds per call
+class _Call:
+    """One answered call, as captured on the request path (nothing built yet)."""
+
+    time: float
+    tenant: str
+    inputs: Sequence[CheckInput]
+    results: Sequence[CheckResult]
+    indices: Sequence[int] | None  # kept batch items; None for a Check
+    latency_us: int
+    traceparents: list[str | bytes]  # parsed by the writer
+
+
+class DecisionLogger:
+    """Counters `written` and `dropped` (ints, for metrics) count records; `queued` is how
+    many wait to be written."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        masker: Masker | None = None,
+        queue_size: int = 10_000,
+        max_record_bytes: int = 4096,
+        allow_sample_rate: float = 1.0,
+        deny_sample_rate: float = 1.0,
+        include_context: bool = True,
+    ) -> None:
+        self._sink = sink
+        self._masker = masker or Masker()
+        self._max_records = queue_size
+        # Request data held by queued calls, bounded like the records they become.
+        self._max_bytes = queue_size * max_record_bytes
+        self._max_record_bytes = max_record_bytes
+        self._allow_rate = allow_sample_rate
+        self._deny_rate = deny_sample_rate
+        self._include_context = include_context
+        self._queue: collections.deque[tuple[_Call, int, int]] = collections.deque()
+        self._lock = threading.Lock()
+        self._queued_records = 0
+        self._queued_bytes = 0
+        self.written = 0
+        self.dropped = 0
+        self._wake = threading.Event()
+        self._wake_at = max(1, queue_size // 4)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return self._queued_records
+
+    # -- the request path ------------------------------------------------------------
+
+    def check(
+        self,
+        tenant: str,
+        request: CheckInput,
+        result: CheckResult,
+        started: float,
+        metadata: Metadata | None,
+    ) -> None:
+        """Log one Check's decision; `started` is the call's `time.perf_counter()`."""
+        if self._keep(result):
+            self._enqueue(tenant, [request], [result], None, started, metadata)
+
+    def batch(
+        self,
+        tenant: str,
+        requests: Sequence[CheckInput],
+        results: Sequence[CheckResult],
+        started: float,
+        metadata: Metadata | None,
+    ) -> None:
+        """Log every decision of a CheckBatch (each sampled on its own)."""
+        kept = [i for i, r in enumerate(results) if self._keep(r)]
+        if kept:
+            self._enqueue(tenant, requests, results, kept, started, metadata)
+
+    def _keep(self, result: CheckResult) -> bool:
+        allow = result.decision is Decision.ALLOW and not result.errors
+        rate = self._allow_rate if allow else self._deny_rate
+        return rate >= 1.0 or random.random() < rate
+
+    def _enqueue(
+        self,
+        tenant: str,
+        requests: Sequence[CheckInput],
+        results: Sequence[CheckResult],
+        kept: Sequence[int] | None,
+        started: float,
+        metadata: Metadata | None,
+    ) -> None:
+        latency = int((time.perf_counter() - started) * 1e6)
+        records = len(results) if kept is None else len(kept)
+        size = sum(_request_bytes(r) for r in requests)
+        call = _Call(
+            time.time(), tenant or DEFAULT_TENANT, requests, results, kept, latency,
+            traceparents(metadata),
+        )  # fmt: skip
+        with self._lock:
+            if (
+                self._stopping
+                or self._queued_records + records > self._max_records
+                or (self._queued_records and self._queued_bytes + size > self._max_bytes)
+            ):
+                self.dropped += records
+                return
+            self._queued_records += records
+            self._queued_bytes += size
+            self._queue.append((call, records, size))
+        if self._queued_records >= self._wake_at and not self._wake.is_set():
+            self._wake.set()
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Write every queued record, then close the sink. Later calls are dropped."""
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("decision log: %d record(s) still queued at exit", self._queued_records)
+        self._sink.close()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            self._drain()
+            if self._stopping and not self._queue:
+                return
+            self._wake.wait(DRAIN_INTERVAL_SECONDS)
+
+    def _drain(self) -> None:
+        while self._queue:
+            call, records, size = self._queue.popleft()
+            written = 0
+            try:
+                for line in self._lines(call):
+                    self._sink.write(line)
+                    written += 1
+                self._sink.flush()
+            except Exception as exc:  # noqa: BLE001 - a failing sink must not stop the writer
+                # Only the exception's type: its message or traceback could quote the very
+                # request values the records mask.
+                log.error("decision log: writing failed (%s); records dropped", type(exc).__name__)
+            with self._lock:
+                self.written += written
+                self.dropped += records - written
+                self._queued_records -= records
+                self._queued_bytes -= size
+
+    def _lines(self, call: _Call) -> Iterable[str]:
+        memo = _Memo()  # batch items share contexts, entities and often their uids
+        trace = json.dumps(parse_traceparent(call.traceparents))
+        stamp = datetime.fromtimestamp(call.time, UTC).isoformat(timespec="microseconds")
+        # Everything but the decision's own fields is the call's: serialised once.
+        common = (
+            f'"time":"{stamp.replace("+00:00", "Z")}"',
+            f'"tenant":{json.dumps(call.tenant)}',
+            f'"latency_us":{call.latency_us},"trace_id":{trace}',
+        )
+        indices = range(len(call.results)) if call.indices is None else call.indices
+        for i in indices:
+            yield self._record(call, i, memo, common)
+
+    def _record(self, call: _Call, i: int, memo: _Memo, common: tuple[str, str, str]) -> str:
+        req, res = call.inputs[i], call.results[i]
+        stats = Stats()
+        m = self._masker
+        errors = [
+            {"policy_id": e.policy_id, "message": m.text(e.message, stats, "errors", MAX_MESSAGE)}
+            for e in res.errors
+        ]
+        batch = "null" if call.indices is None else f'{{"index":{i},"size":{len(call.results)}}}'
+        context = entities = "null"  # each tree serialised once per call, spliced in below
+        if self._include_context:
+            context = self._tree(memo, "context", req.context, stats)
+            ents = req.entities
+            if ents is not None:
+                entities = self._tree(memo, "entities", ents.json, stats)
+        time_, tenant, timing = common
+        line = (
+            f'{{"v":{RECORD_VERSION},{time_},"decision_id":{json.dumps(res.decision_id)},'
+            f'{tenant},"principal":{memo.entity(m, req.principal, stats, "principal")},'
+            f'"action":{memo.entity(m, req.action, stats, "action")},'
+            f'"resource":{memo.entity(m, req.resource, stats, "resource")},'
+            f'"decision":"{res.decision.value}",'
+            f'"determining_policies":{json.dumps(list(res.determining_policies))},'
+            f'"errors":{json.dumps(errors, separators=(",", ":")) if errors else "[]"},'
+            f'"policy_version":{memo.version(res.version)},'
+            f'"cache_hit":{"true" if res.cache_hit else "false"},{timing},"batch":{batch},'
+            f'"context":{context},"entities":{entities},"masked":{stats.masked},'
+            f'"truncated":{json.dumps(sorted(stats.truncated)) if stats.truncated else "[]"}}}'
+        )
+        if len(line) <= self._max_record_bytes:  # ASCII: characters are bytes
+            return line
+        return self._bounded(json.loads(line))
+
+    def _tree(self, memo: _Memo, root: str, value: Any, stats: Stats) -> str:
+        """The masked tree as JSON text ("null" if it exceeds the record on its own)."""
+        key = id(value)
+        if key not in memo.trees:
+            own = Stats()
+            try:
+                budget = self._max_record_bytes
+                if isinstance(value, str):
+                    out = self._masker.tree_text(root, value, own, budget)
+                else:
+                    tree = self._masker.tree(root, value, own, budget)
+                    out = json.dumps(tree, separators=(",", ":"))
+            except (OverBudget, ValueError):  # ValueError: not JSON (the engine refused it)
+                out = "null"
+                own.truncated.add(root)
+            memo.trees[key] = (out, own)
+        out, own = memo.trees[key]
+        stats.truncated |= own.truncated
+        stats.masked += own.masked
+        return out
+
+    def _bounded(self, record: dict[str, Any]) -> str:
+        """The record as one JSON line of at most max_record_bytes: what does not fit is
+        dropped (request entities, then context, then errors and policies from the end),
+        and named in `truncated`."""
+        line = json.dumps(record, separators=(",", ":"))
+        for name in ("entities", "context", "errors", "determining_policies"):
+            while len(line) > self._max_record_bytes and record[name]:
+                if isinstance(record[name], list) and name in ("errors", "determining_policies"):
+                    record[name] = record[name][: len(record[name]) // 2]
+                else:
+                    record[name] = None
+                if name not in record["truncated"]:
+                    record["truncated"] = sorted([*record["truncated"], name])
+                line = json.dumps(record, separators=(",", ":"))
+        return line
+
+
+class _Memo:
+    """What the records of one call share, as JSON text: masked trees (by object), masked
+    uids and policy versions."""
+
+    def __init__(self) -> None:
+        self.trees: dict[int, tuple[str, Stats]] = {}
+        self._uids: dict[tuple[str, str, str], tuple[str, Stats]] = {}
+        self._versions: dict[BundleVersion, str] = {}
+
+    def entity(self, m: Masker, ref: EntityRef, stats: Stats, where: str) -> str:
+        key = (where, ref.type, ref.id)
+        if key not in self._uids:
+            own = Stats()
+            uid = {"type": m.text(ref.type, own, where), "id": m.text(ref.id, own, where)}
+            self._uids[key] = (json.dumps(uid, separators=(",", ":")), own)
+        out, own = self._uids[key]
+        stats.masked += own.masked
+        stats.truncated |= own.truncated
+        return out
+
+    def version(self, v: BundleVersion) -> str:
+        if v not in self._versions:
+            fields = {"bundle": v.name, "version": v.version, "digest": v.digest}
+            self._versions[v] = json.dumps(fields, separators=(",", ":"))
+        return self._versions[v]
+
+
+def _request_bytes(req: CheckInput) -> int:
+    ctx = req.context
+    size = len(ctx) if isinstance(ctx, str) else 64
+    return size + (len(req.entities.json) if req.entities is not None else 0)
+
+
+def decision_logger(settings: Settings, *, worker: bool = False) -> DecisionLogger | None:
+    """The logger the settings ask for, or None when decision logs are off. A `--workers`
+    process writes its own file, `PATH.<pid>`: rotating one file from many processes would
+    lose records."""
+    s = settings
+    if s.decision_log == "off":
+        return None
+    sink: Sink
+    if s.decision_log == "file":
+        assert s.decision_log_file is not None  # required by Settings
+        path = s.decision_log_file
+        if worker:
+            path = path.with_name(f"{path.name}.{os.getpid()}")
+        sink = FileSink(path, s.decision_log_max_file_bytes, s.decision_log_backup_count)
+    else:
+        sink = StdoutSink()
+    return DecisionLogger(
+        sink,
+        masker=Masker(s.decision_log_mask_paths, s.decision_log_drop_paths),
+        queue_size=s.decision_log_queue_size,
+        max_record_bytes=s.decision_log_max_record_bytes,
+        allow_sample_rate=s.decision_log_allow_sample_rate,
+        deny_sample_rate=s.decision_log_deny_sample_rate,
+        include_context=s.decision_log_context,
+    )

@@ -1,0 +1,379 @@
+"""Masking of caller-controlled values before a decision record is written.
+
+Whatever a caller sends (entity types and ids, action ids, context keys and values, request
+entities) may hold a card number or a secret, so all of it passes through `Masker` first:
+
+- configured paths (`context.customer.email`, `entities.attrs.ssn`, `*` for any key) are
+  masked or dropped;
+- a value under a key named like a secret (password, secret, token, api_key, cvv, ...) is
+  masked whatever its type;
+- inside every string (and every integer, as its digits), card numbers (Luhn-valid runs of
+  12-19 digits, also with single spaces or dashes: `is_card_number`), checksum-valid IBANs, JWTs and
+  `Bearer`/`Basic` credentials are replaced by `<masked:KIND>`.
+
+The work is bounded: each string is scanned only as far as it will be written (plus the
+longest span a match can straddle the cut with), and a tree stops being walked once its
+output exceeds a byte budget (the caller drops it then), so masking a record costs
+O(record size) however large the request was.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+MASK = "<masked:{}>"
+MAX_VALUE_CHARS = 256  # longer strings are cut to this and end with ELLIPSIS
+ELLIPSIS = "…"
+# A match can start before the cut and end after it: a PAN with separators spans at most
+# 19 digits + 18 separators, an IBAN 34 characters + 8 spaces. Scanning this far past the
+# cut masks any secret whose beginning would be written.
+_STRADDLE = 48
+PATH_ROOTS = ("context", "entities")
+# Clients send the same contexts again and again: texts found clean are remembered (the
+# Masker is used by the one writer thread).
+CLEAN_CACHE_ENTRIES = 1024
+
+# Keys whose value is a secret whatever it looks like. Keys are compared lowercased with
+# everything but letters and digits removed (`API-Key`, `api_key`, `apiKey` -> `apikey`).
+_SECRET_PARTS = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "apikey",
+    "accesskey",
+    "privatekey",
+    "credential",
+    "authorization",
+    "cookie",
+    "bearer",
+    "jwt",
+    "sessionid",
+    "sessionkey",
+)
+_SECRET_NAMES = frozenset({"auth", "pass", "pwd", "pin", "otp", "key"})
+_CVV_PARTS = ("cvv", "cvc", "securitycode", "cardverification")
+_CVV_NAMES = frozenset({"cvn", "csc", "cav2", "cid2"})
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")
+
+_JWT = re.compile(r"e[w-z0-9_-][A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){1,3}")
+_AUTH = re.compile(r"(?i:bearer)[\s:=]+[A-Za-z0-9._~+/-]+=*|(?i:basic)\s+[A-Za-z0-9+/]{8,}={0,2}")
+# What every match above needs somewhere: most strings (ids, names) have none of it.
+_GATE = re.compile(r"[0-9]{2}|e[w-z0-9_-]|(?i:bearer|basic)")
+# The same over a whole JSON text, plus what it cannot see through: an escape (`\u0034` is a
+# digit), a string that may need cutting (a long run without a quote), any key or text that
+# may name a secret once lower-cased and stripped to letters and digits.
+_RAW_GATE = re.compile(
+    r"[0-9](?:[ -]?[0-9]){11}|[A-Za-z]{2}[0-9]{2}|e[w-z0-9_-][A-Za-z0-9_-]{8,}\."
+    r"|(?i:bearer|basic)|\\|[^\"]{" + str(MAX_VALUE_CHARS + 1) + ",}"
+)
+_RAW_SECRET = re.compile(
+    "|".join([*_SECRET_PARTS, *_SECRET_NAMES, *_CVV_PARTS, *_CVV_NAMES, "token"])
+)
+_JSON_LINE = re.compile(r"[^\x20-\x7e]")  # what keeps a JSON text from being one ASCII line
+_IBAN_START = re.compile(r"(?=[A-Za-z]{2}[0-9]{2})")
+_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,}")
+
+# IBAN lengths by country (SWIFT IBAN registry); an unlisted country is checked at every
+# length from 15 to 34, so a new country's IBANs are masked too.
+_IBAN_LENGTHS = {
+    **dict.fromkeys(["NO"], 15),
+    **dict.fromkeys(["BE", "BI"], 16),
+    **dict.fromkeys(["DK", "FI", "FO", "GL", "NL", "SD", "FK"], 18),
+    **dict.fromkeys(["MK", "SI"], 19),
+    **dict.fromkeys(["AT", "BA", "EE", "KZ", "LT", "LU", "XK", "MN"], 20),
+    **dict.fromkeys(["CH", "CR", "HR", "LI", "LV"], 21),
+    **dict.fromkeys(["BG", "BH", "DE", "GB", "GE", "IE", "ME", "RS", "VA"], 22),
+    **dict.fromkeys(["AE", "GI", "IL", "IQ", "TL", "SO", "OM"], 23),
+    **dict.fromkeys(["AD", "CZ", "ES", "MD", "PK", "RO", "SA", "SE", "SK", "TN", "VG"], 24),
+    **dict.fromkeys(["PT", "ST", "LY"], 25),
+    **dict.fromkeys(["IS", "TR"], 26),
+    **dict.fromkeys(["FR", "GR", "IT", "MC", "MR", "SM", "DJ"], 27),
+    **dict.fromkeys(["AL", "AZ", "BY", "CY", "DO", "GT", "HU", "LB", "PL", "SV", "NI"], 28),
+    **dict.fromkeys(["BR", "EG", "PS", "QA", "UA"], 29),
+    **dict.fromkeys(["JO", "KW", "MU", "YE"], 30),
+    **dict.fromkeys(["MT", "SC"], 31),
+    **dict.fromkeys(["LC"], 32),
+    **dict.fromkeys(["RU"], 33),
+}
+
+
+@functools.lru_cache(maxsize=4096)  # the same few key names, decision after decision
+def secret_kind(key: str) -> str | None:
+    """`"cvv"` or `"secret"` if a value under `key` is never written, else None."""
+    k = _NOT_ALNUM.sub("", key.lower())
+    if k in _CVV_NAMES or any(p in k for p in _CVV_PARTS):
+        return "cvv"
+    if k in _SECRET_NAMES or any(p in k for p in _SECRET_PARTS):
+        return "secret"
+    # `access_token`, `idToken`, but not `tokens` / `max_tokens`: token counts of an AI
+    # agent are what its policies decide on (their values are still scanned).
+    if "token" in k and not k.endswith("tokens"):
+        return "secret"
+    return None
+
+
+def luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        total += (d * 2 - 9 if d > 4 else d * 2) if i % 2 else d
+    return total % 10 == 0
+
+
+def luhn_window(digits: str) -> bool:
+    """Whether some 12-19 digit stretch of `digits` passes the Luhn check, in O(len) per
+    stretch length: prefix sums of each digit's value as written and as doubled, by parity."""
+    n = len(digits)
+    # even[p] / odd[p]: Luhn sum of digits[:p] for a stretch ending at an even / odd index
+    # (digits of that parity count as written, the others doubled).
+    even = [0] * (n + 1)
+    odd = [0] * (n + 1)
+    for i, ch in enumerate(digits):
+        d = ord(ch) - 48
+        dd = d * 2 - 9 if d > 4 else d * 2
+        even[i + 1] = even[i] + (d if i % 2 == 0 else dd)
+        odd[i + 1] = odd[i] + (dd if i % 2 == 0 else d)
+    for end in range(11, n):
+        sums = even if end % 2 == 0 else odd
+        top = sums[end + 1]
+        for length in range(12, min(19, end + 1) + 1):
+            if (top - sums[end + 1 - length]) % 10 == 0:
+                return True
+    return False
+
+
+def is_card_number(run: str) -> bool:
+    """Whether a run of digits (single spaces or dashes between them) holds a card number:
+    a Luhn-valid 12-19 digit stretch made of whole groups (`4111 1111 1111 1111` in
+    `qty 2 4111 1111 1111 1111 7`). More than 19 digits with no separator count if any
+    stretch of them passes (nearly always: such a run is masked); 12-19 digits with no
+    separator only as a whole, as one Luhn check in ten passes by chance."""
+    groups = re.split(r"[ -]", run)
+    if len(groups) == 1 and len(run) > 19:
+        return luhn_window(run)
+    for i in range(len(groups)):
+        size = 0
+        for j in range(i, len(groups)):
+            size += len(groups[j])
+            if size >= 12 and luhn("".join(groups[i : j + 1])):
+                return True
+    return False
+
+
+def _iban_value(ch: str) -> int:
+    return ord(ch) - 48 if ch <= "9" else ord(ch) - 55  # A=10 ... Z=35
+
+
+def _iban_at(text: str, start: int) -> int:
+    """End of a checksum-valid IBAN starting at `start` (single spaces allowed), else -1."""
+    country = text[start : start + 2].upper()
+    want = _IBAN_LENGTHS.get(country)
+    # mod 97 of the rearranged number: BBAN, then country letters and check digits.
+    tail = 0
+    for ch in country + text[start + 2 : start + 4]:
+        v = _iban_value(ch)
+        tail = tail * (100 if v > 9 else 10) + v
+    tail_digits = len(str(tail))
+    rem, count, i, end = 0, 4, start + 4, -1
+    while i < len(text) and count < 34:
+        ch = text[i]
+        if ch == " " and i + 1 < len(text) and text[i + 1] != " ":
+            i += 1
+            continue
+        if not ch.isascii() or not ch.isalnum():
+            break
+        v = _iban_value(ch.upper())
+        rem = (rem * (100 if v > 9 else 10) + v) % 97
+        count += 1
+        i += 1
+        if count >= 15 and (want is None or count == want):
+            if (rem * 10**tail_digits + tail) % 97 == 1:
+                end = i
+            if want is not None:
+                break
+    return end
+
+
+def _mask_ibans(text: str, hits: list[str]) -> str:
+    out: list[str] = []
+    pos = 0
+    for m in _IBAN_START.finditer(text):
+        if m.start() < pos:
+            continue
+        end = _iban_at(text, m.start())
+        if end > 0:
+            out += [text[pos : m.start()], MASK.format("iban")]
+            hits.append("iban")
+            pos = end
+    return text if not out else "".join(out) + text[pos:]
+
+
+def mask_text(text: str, hits: list[str]) -> str:
+    """`text` with every card number, IBAN, JWT and Bearer/Basic credential masked; the
+    kind of each mask is appended to `hits`."""
+
+    def sub(kind: str) -> Any:
+        def replace(m: re.Match[str]) -> str:
+            if kind == "pan" and not is_card_number(m[0]):
+                return m[0]
+            hits.append(kind)
+            return MASK.format(kind)
+
+        return replace
+
+    if len(text) < 8 or not _GATE.search(text):
+        return text
+    text = _JWT.sub(sub("jwt"), text)
+    text = _AUTH.sub(sub("bearer"), text)
+    text = _mask_ibans(text, hits)
+    return _DIGIT_RUN.sub(sub("pan"), text)
+
+
+def parse_path(path: str) -> tuple[str, ...]:
+    """`context.customer.email` -> its keys; ValueError naming what is wrong."""
+    parts = tuple(path.split("."))
+    if len(parts) < 2 or parts[0] not in PATH_ROOTS or not all(parts):
+        raise ValueError(
+            f"path {path!r} must be {' or '.join(PATH_ROOTS)} followed by .KEY segments "
+            "(`*` for any key)"
+        )
+    return parts
+
+
+class OverBudget(Exception):
+    """A tree's masked output grew past its byte budget."""
+
+
+@dataclass
+class Stats:
+    """What masking one record did: how many values it masked, which fields it cut."""
+
+    masked: int = 0
+    truncated: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    keys: tuple[str, ...]
+    drop: bool
+
+
+class Masker:
+    def __init__(self, mask_paths: Sequence[str] = (), drop_paths: Sequence[str] = ()) -> None:
+        rules = [_Rule(parse_path(p), False) for p in mask_paths]
+        rules += [_Rule(parse_path(p), True) for p in drop_paths]
+        # Rules by root, each as (rule, how many of its keys matched so far).
+        self._clean: dict[str, str] = {}  # texts with nothing to mask -> their JSON line
+        self._rules = {
+            root: tuple((r, 1) for r in rules if r.keys[0] == root) for root in PATH_ROOTS
+        }
+
+    def text(self, value: str, stats: Stats, where: str, limit: int = MAX_VALUE_CHARS) -> str:
+        """A caller-controlled string, masked and cut to `limit` characters."""
+        if len(value) <= limit and (len(value) < 8 or not _GATE.search(value)):
+            return value  # the common case: nothing any detector could match
+        hits: list[str] = []
+        out = mask_text(value[: limit + _STRADDLE], hits)
+        stats.masked += len(hits)
+        if len(value) > limit or len(out) > limit:
+            stats.truncated.add(where)
+            out = out[:limit] + ELLIPSIS
+        return out
+
+    def tree_text(self, root: str, text: str, stats: Stats, budget: int) -> str:
+        """A JSON text (`context` or `entities`), masked, as one line of JSON; OverBudget
+        (or ValueError if it is not JSON). Most texts hold nothing any rule could touch,
+        which one pass over the text shows: those are written as they are."""
+        clean = self._clean.get(text)
+        if clean is not None:
+            return clean
+        if (
+            len(text) <= budget
+            and not self._rules[root]
+            and not _RAW_GATE.search(text)
+            and not _RAW_SECRET.search(_NOT_ALNUM.sub("", text.lower()))
+        ):
+            line = text
+            if _JSON_LINE.search(text):
+                line = json.dumps(json.loads(text), separators=(",", ":"))
+            # Only texts written as they are, so the cache holds nothing a record may not.
+            if len(self._clean) >= CLEAN_CACHE_ENTRIES:
+                self._clean.clear()
+            self._clean[text] = line
+            return line
+        tree = self.tree(root, json.loads(text), stats, budget)
+        return json.dumps(tree, separators=(",", ":"))
+
+    def tree(self, root: str, value: Any, stats: Stats, budget: int) -> Any:
+        """A JSON tree (`context` or `entities`), masked; OverBudget once its output would
+        exceed `budget` bytes."""
+        walk = _Walk(self, stats, root, budget)
+        return walk.value(value, self._rules[root])
+
+
+class _Walk:
+    def __init__(self, masker: Masker, stats: Stats, root: str, budget: int) -> None:
+        self.masker, self.stats, self.root, self.left = masker, stats, root, budget
+
+    def spend(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise OverBudget(self.root)
+
+    def value(self, v: Any, active: tuple[tuple[_Rule, int], ...]) -> Any:
+        if isinstance(v, str):
+            out = self.masker.text(v, self.stats, self.root)
+            self.spend(len(out) + 3)
+            return out
+        if isinstance(v, bool) or v is None:
+            self.spend(5)
+            return v
+        if isinstance(v, int):
+            digits = str(abs(v)) if -(10**19) < v < 10**19 else ""
+            self.spend(len(digits) + 2)
+            if not digits or (len(digits) >= 12 and is_card_number(digits)):
+                self.stats.masked += 1
+                return MASK.format("pan" if digits else "number")
+            return v
+        if isinstance(v, list):
+            self.spend(2)
+            return [self.value(x, active) for x in v]
+        if isinstance(v, dict):
+            return self.record(v, active)
+        self.spend(8)
+        return MASK.format("value")  # nothing else comes out of a JSON parse
+
+    def record(self, d: dict[Any, Any], active: tuple[tuple[_Rule, int], ...]) -> dict[str, Any]:
+        self.spend(2)
+        out: dict[str, Any] = {}
+        for key, v in d.items():
+            key = str(key)
+            inner: list[tuple[_Rule, int]] = []
+            action: bool | None = None  # True: drop, False: mask
+            for rule, at in active:
+                if rule.keys[at] in ("*", key):
+                    if at + 1 == len(rule.keys):
+                        action = rule.drop if action is None else action or rule.drop
+                    else:
+                        inner.append((rule, at + 1))
+            if action is True:
+                self.stats.masked += 1
+                continue
+            name = self.masker.text(key, self.stats, self.root)
+            while name in out:  # two keys masked alike: keep both values apart
+                name += "'"
+            self.spend(len(name) + 4)
+            kind = "path" if action is False else secret_kind(key)
+            if kind is not None:
+                self.stats.masked += 1
+                out[name] = MASK.format(kind)
+                self.spend(16)
+            else:
+                out[name] = self.value(v, tuple(inner))
+        return out
