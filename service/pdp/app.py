@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from pdp.config import Settings
 from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
+from pdp.metrics import Metrics, NoMetrics, multiprocess_dir
+from pdp.metrics_server import MetricsListener, process_registry
 from pdp.reloader import Reloader
 
 log = logging.getLogger("pdp")
@@ -38,7 +41,15 @@ class App:
         self.reuse_port = reuse_port  # a `--workers` sibling shares the port
         self.engine = Engine()
         self.sources = settings.bundle_sources()
-        self.reloader = Reloader(self.engine, self.sources)
+        # A `--workers` worker records into the supervisor's shared-memory directory and
+        # the supervisor serves the scrape; a single process serves its own.
+        self.shared_metrics = reuse_port and multiprocess_dir() is not None
+        self.metrics: Metrics = (
+            NoMetrics()
+            if settings.metrics_listen == "off"
+            else Metrics(multiprocess=self.shared_metrics)
+        )
+        self.reloader = Reloader(self.engine, self.sources, self.metrics)
         self._server: PdpServer | None = None
         self._stop = asyncio.Event()
         self._reloading = asyncio.Lock()
@@ -78,6 +89,10 @@ class App:
         task.add_done_callback(self._tasks.discard)
 
     async def run(self, on_listening: Callable[[int], None] | None = None) -> None:
+        with self._metrics_exported():  # first: a taken metrics port fails before gRPC opens
+            await self._serve(on_listening)
+
+    async def _serve(self, on_listening: Callable[[int], None] | None) -> None:
         s = self.settings
         server = PdpServer(
             self.engine,
@@ -88,6 +103,7 @@ class App:
             max_concurrent_streams=s.max_concurrent_streams,
             max_concurrent_rpcs=s.max_concurrent_rpcs,
             reuse_port=self.reuse_port,
+            metrics=self.metrics,
         )
         await server.start()
         self._server = server
@@ -117,6 +133,25 @@ class App:
                 log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
                 await server.stop(s.shutdown_grace_seconds)
         log.info("stopped")
+
+    @contextlib.contextmanager
+    def _metrics_exported(self) -> Iterator[None]:
+        if isinstance(self.metrics, NoMetrics):
+            yield
+        elif self.shared_metrics:
+            stop = threading.Event()
+            syncer = self.metrics.start_sync(stop)
+            try:
+                yield
+            finally:
+                stop.set()
+                syncer.join(timeout=5)
+        else:
+            listener = MetricsListener(self.settings.metrics_listen, process_registry(self.metrics))
+            try:
+                yield
+            finally:
+                listener.close()
 
     async def _watch(self) -> None:
         """Watch until cancelled; whatever fails, log it and watch again."""

@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-context-depth", type=int)
     serve.add_argument("--max-concurrent-streams", type=int, help="per connection")
     serve.add_argument("--max-concurrent-rpcs", type=int, help="server-wide")
+    serve.add_argument(
+        "--metrics-listen", help="host:port of /metrics (default 127.0.0.1:9464), or off"
+    )
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="ask for one decision")
@@ -133,7 +136,9 @@ def _serve(args: argparse.Namespace) -> int:
 
             m = LISTEN.fullmatch(settings.listen)
             assert m is not None  # validated by Settings
-            return run_workers(args.argv, m["host"], int(m["port"]), settings.workers)
+            return run_workers(
+                args.argv, m["host"], int(m["port"]), settings.workers, settings.metrics_listen
+            )
         asyncio.run(app.run())
     except BundleError as exc:
         print(f"pdp: cannot start: {exc.message}", file=sys.stderr)
@@ -168,6 +173,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "max_context_depth",
             "max_concurrent_streams",
             "max_concurrent_rpcs",
+            "metrics_listen",
         )
         if (v := getattr(args, k)) is not None
     }

@@ -159,6 +159,8 @@ LIMITS_OUT_OF_RANGE = {
             for name, bad in LIMITS_OUT_OF_RANGE.items()
         ),
         ([], {"PDP_MAX_CONCURRENT_RPCS": "0"}, "invalid setting max_concurrent_rpcs"),
+        (["--metrics-listen", "on"], {}, "invalid setting metrics_listen"),
+        ([], {"PDP_METRICS_LISTEN": "127.0.0.1:70000"}, "invalid setting metrics_listen"),
         (["--config", "/no/such.toml"], {}, "invalid"),
     ],
 )

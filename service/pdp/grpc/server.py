@@ -12,6 +12,7 @@ from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.servicer import AuthorizationServicer
 from pdp.grpc.wire import add_authorization_service
+from pdp.metrics import Metrics
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -32,6 +33,7 @@ class PdpServer:
         max_concurrent_streams: int,
         max_concurrent_rpcs: int,
         reuse_port: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.server = grpc.aio.server(
             options=[
@@ -50,7 +52,7 @@ class PdpServer:
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         add_authorization_service(
-            AuthorizationServicer(engine, max_batch_items, limits), self.server
+            AuthorizationServicer(engine, max_batch_items, limits, metrics), self.server
         )
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

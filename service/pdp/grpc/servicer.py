@@ -14,6 +14,7 @@ from pdp.errors import InvalidRequest
 from pdp.grpc import convert
 from pdp.grpc.status import handle_errors
 from pdp.grpc.wire import Undecodable, decoded
+from pdp.metrics import Metrics, NoMetrics
 from pdp.model import CheckResult, RequestEntities
 
 SLICE = 8  # batch items decided between two yields to the event loop
@@ -21,9 +22,14 @@ SLICE = 8  # batch items decided between two yields to the event loop
 
 class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
     def __init__(
-        self, engine: Engine, max_batch_items: int, limits: convert.Limits = convert.DEFAULT_LIMITS
+        self,
+        engine: Engine,
+        max_batch_items: int,
+        limits: convert.Limits = convert.DEFAULT_LIMITS,
+        metrics: Metrics | None = None,
     ) -> None:
         self._engine = engine
+        self.metrics = metrics or NoMetrics()  # `handle_errors` times every call with it
         self._max_batch_items = max_batch_items
         self._limits = limits
 
@@ -34,7 +40,9 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         context: grpc.aio.ServicerContext[pb.CheckRequest, pb.CheckResponse],
     ) -> pb.CheckResponse:
         request = decoded(request)
-        result = self._engine.check(request.tenant, convert.check_input(request, self._limits))
+        check = convert.check_input(request, self._limits)
+        result = self._engine.check(request.tenant, check)
+        self.metrics.decided(request.tenant, check, result)
         return convert.check_response(result)
 
     @handle_errors
@@ -62,4 +70,5 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
                 results += evaluate(bundle, chunk, parsed=parsed, first_index=start)
         except InvalidRequest as exc:
             raise convert.batch_error_field(request, exc) from exc
+        self.metrics.decided_batch(request.tenant, inputs, results)
         return pb.CheckBatchResponse(results=[convert.check_response(r) for r in results])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -30,24 +31,32 @@ Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Re
 
 
 def handle_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Turn core errors into their status; anything unexpected into INTERNAL (never a decision)."""
+    """Turn core errors into their status; anything unexpected into INTERNAL (never a decision).
+
+    Every call is counted and timed by the servicer's `metrics` with the status it ends in."""
 
     @functools.wraps(method)
     async def wrapper(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> Resp:
+        start = time.perf_counter()
+        code = grpc.StatusCode.CANCELLED  # unless it ends otherwise: the caller went away
         try:
-            return await method(self, request, context)
+            response = await method(self, request, context)
+            code = grpc.StatusCode.OK
+            return response
         except PdpError as exc:
+            code = GRPC_STATUS[exc.code]
             details = exc.message
             if len(details) > MAX_DETAILS:
                 details = details[: MAX_DETAILS - 14] + " …(truncated)"
-            await context.abort(GRPC_STATUS[exc.code], details)
+            await context.abort(code, details)
         except Exception:
+            code = grpc.StatusCode.INTERNAL
             log.exception("unexpected error in %s", method.__name__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error; the request was not decided"
-            )
+            await context.abort(code, "internal error; the request was not decided")
+        finally:
+            self.metrics.rpc(method.__name__, code.name, time.perf_counter() - start)
         raise AssertionError("unreachable: abort() raises")
 
     return wrapper
