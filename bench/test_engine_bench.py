@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import cedarpy
@@ -139,11 +140,10 @@ class _NoContext:
         raise AssertionError(f"servicer aborted: {code} {details}")
 
 
-@pytest.mark.benchmark(group="servicer")
-@pytest.mark.parametrize("shape", ["check", "batch", "check-ent", "batch-ent"])
-def test_servicer_wire_to_wire(benchmark: Any, engine: Engine, shape: str) -> None:
-    s = scenario.SHAPES[shape]
-    servicer = AuthorizationServicer(engine, max_batch_items=100)
+def wire_caller(
+    servicer: AuthorizationServicer, s: scenario.Shape
+) -> tuple[Callable[[], bytes], asyncio.AbstractEventLoop]:
+    """One servicer call, wire bytes in -> wire bytes out, and the loop it runs on."""
     method = getattr(servicer, s.method)
     request_type = type(s.message)
     wire = s.message.SerializeToString()
@@ -155,6 +155,14 @@ def test_servicer_wire_to_wire(benchmark: Any, engine: Engine, shape: str) -> No
         request = request_type.FromString(wire)
         return bytes(loop.run_until_complete(method(request, ctx)).SerializeToString())
 
+    return call, loop
+
+
+@pytest.mark.benchmark(group="servicer")
+@pytest.mark.parametrize("shape", ["check", "batch", "check-ent", "batch-ent"])
+def test_servicer_wire_to_wire(benchmark: Any, engine: Engine, shape: str) -> None:
+    s = scenario.SHAPES[shape]
+    call, loop = wire_caller(AuthorizationServicer(engine, max_batch_items=100), s)
     try:
         out = benchmark(call)
     finally:

@@ -145,41 +145,50 @@ class Metrics:
         )
         self._tenants: dict[str, _Tenant] = {}  # replaced whole, read without a lock
         self._children: dict[tuple[str, str, str], Any] = {}  # bounded: labels are bounded
+        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()  # reload hooks vs. each other
         self._sources: list[_ObjectCounters] = []
 
     # ------------------------------------------------------------------ request path --
     def decided(self, tenant: str, request: CheckInput, result: CheckResult) -> None:
-        self._count(self._tenants.get(tenant or DEFAULT_TENANT), tenant, request, result)
+        known = self._tenants.get(tenant or DEFAULT_TENANT)
+        self._child(self._key(known, tenant, request, result)).inc()
 
     def decided_batch(
         self, tenant: str, requests: Sequence[CheckInput], results: Sequence[CheckResult]
     ) -> None:
         known = self._tenants.get(tenant or DEFAULT_TENANT)
+        counts: dict[tuple[str, str, str], int] = {}  # one `inc` per label set, not per item
         for request, result in zip(requests, results, strict=True):
-            self._count(known, tenant, request, result)
+            key = self._key(known, tenant, request, result)
+            counts[key] = counts.get(key, 0) + 1
+        for key, n in counts.items():
+            self._child(key).inc(n)
         self.batch_items.observe(len(requests))
 
-    def _count(
-        self, known: _Tenant | None, tenant: str, request: CheckInput, result: CheckResult
-    ) -> None:
+    @staticmethod
+    def _key(
+        known: _Tenant | None, tenant: str, request: CheckInput, result: CheckResult
+    ) -> tuple[str, str, str]:
         if known is None:
-            key = (OTHER, OTHER, result.decision.value)
-        else:
-            key = (
-                tenant or DEFAULT_TENANT,
-                known.actions.get(request.action, OTHER),
-                result.decision.value,
-            )
+            return (OTHER, OTHER, result.decision.value)
+        action = known.actions.get(request.action, OTHER)
+        return (tenant or DEFAULT_TENANT, action, result.decision.value)
+
+    def _child(self, key: tuple[str, str, str]) -> Any:
         child = self._children.get(key)
         if child is None:
             child = self._children.setdefault(key, self.decisions.labels(*key))
-        child.inc()
+        return child
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
         """One RPC finished: `method` is the servicer method, `code` a grpc.StatusCode name."""
-        self.handled.labels(method, code).inc()
-        self.handling.labels(method).observe(seconds)
+        children = self._rpc_children.get((method, code))
+        if children is None:  # bounded: methods x status codes
+            children = (self.handled.labels(method, code), self.handling.labels(method))
+            self._rpc_children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     # --------------------------------------------------------------------- reloader --
     def bundle_loaded(self, tenant: str, bundle: Bundle) -> None:
@@ -214,14 +223,31 @@ class Metrics:
             self.bundle_info.remove(tenant, *version)
 
     # ---------------------------------------------------------- other parts' counters --
-    def export_counters(self, prefix: str, source: object, names: Iterable[str]) -> None:
+    def export_counters(
+        self,
+        prefix: str,
+        source: object,
+        names: Iterable[str],
+        gauges: Mapping[str, str] | None = None,
+    ) -> None:
         """Export int attributes of `source` as counters `pdp_<prefix>_<name>_total`, e.g.
-        `export_counters("decision_cache", cache, ("hits", "misses", "evictions"))`. They
-        are copied at each scrape (one process) or every SYNC_SECONDS (`--workers`)."""
+        `export_counters("decision_cache", cache, ("hits", "misses", "evictions"))`, and
+        `gauges` (attribute -> metric name suffix, e.g. `{"size": "entries"}`) as gauges
+        `pdp_<prefix>_<suffix>` (summed over workers). They are copied at each scrape (one
+        process) or every SYNC_SECONDS (`--workers`)."""
         counters = {
             n: Counter(f"pdp_{prefix}_{n}", f"{prefix} {n}.", registry=self.registry) for n in names
         }
-        self._sources.append(_ObjectCounters(source, counters))
+        levels = {
+            attr: Gauge(
+                f"pdp_{prefix}_{suffix}",
+                f"{prefix} {suffix}.",
+                registry=self.registry,
+                multiprocess_mode="livesum",
+            )
+            for attr, suffix in (gauges or {}).items()
+        }
+        self._sources.append(_ObjectCounters(source, counters, levels))
 
     def sync(self) -> None:
         for s in self._sources:
@@ -241,9 +267,12 @@ class Metrics:
 
 
 class _ObjectCounters:
-    def __init__(self, source: object, counters: Mapping[str, Counter]) -> None:
+    def __init__(
+        self, source: object, counters: Mapping[str, Counter], gauges: Mapping[str, Gauge]
+    ) -> None:
         self._source = source
         self._counters = counters
+        self._gauges = gauges
         self._seen = dict.fromkeys(counters, 0)
         self._lock = threading.Lock()
 
@@ -254,6 +283,8 @@ class _ObjectCounters:
                 if value > self._seen[name]:
                     counter.inc(value - self._seen[name])
                     self._seen[name] = value
+            for name, gauge in self._gauges.items():
+                gauge.set(int(getattr(self._source, name)))
 
 
 class NoMetrics(Metrics):

@@ -210,7 +210,7 @@ class _Counters:
     """Stands in for the decision cache / decision log: plain int counters."""
 
     def __init__(self) -> None:
-        self.hits = self.misses = self.evictions = 0
+        self.hits = self.misses = self.evictions = self.entries = self.bytes = 0
 
 
 def _families(metrics: Metrics) -> dict[str, Any]:
@@ -221,12 +221,15 @@ def _families(metrics: Metrics) -> dict[str, Any]:
 def test_object_counters_are_exported_as_they_stand_at_each_scrape() -> None:
     metrics = Metrics()
     cache = _Counters()
-    metrics.export_counters("decision_cache", cache, ("hits", "misses", "evictions"))
-    cache.hits, cache.misses = 7, 3
+    gauges = {"entries": "entries", "bytes": "bytes"}
+    metrics.export_counters("decision_cache", cache, ("hits", "misses", "evictions"), gauges)
+    cache.hits, cache.misses, cache.entries, cache.bytes = 7, 3, 2, 512
     m = _families(metrics)
     assert value(m, "pdp_decision_cache_hits_total") == 7
     assert value(m, "pdp_decision_cache_misses_total") == 3
     assert value(m, "pdp_decision_cache_evictions_total") == 0
+    assert value(m, "pdp_decision_cache_entries") == 2
+    assert value(m, "pdp_decision_cache_bytes") == 512
     cache.hits, cache.evictions = 10, 2
     m = _families(metrics)
     assert value(m, "pdp_decision_cache_hits_total") == 10
