@@ -3,7 +3,7 @@
 A tenant whose new bundle fails for any reason (a refused bundle, a file vanishing
 mid-read, an unreadable directory) keeps serving its previous one, and so does a
 tenant whose source disappeared; each failure is logged with the tenant and path
-and recorded in `status` (exported as metrics by the telemetry layer).
+and recorded in `status`, and reported to `pdp.metrics`.
 """
 
 from __future__ import annotations
