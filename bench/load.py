@@ -103,6 +103,8 @@ def start_server(args: argparse.Namespace, work: Path, stamp: str) -> Server:
     pdp = Path(sys.executable).parent / "pdp"
     cmd = [str(pdp)] if pdp.exists() else [sys.executable, "-m", "pdp"]
     cmd += ["serve", "--listen", f"{HOST}:{args.port}", "--no-watch"]
+    # Metrics stay on (as deployed), on a free port: two runs must not fight over 9464.
+    cmd += ["--metrics-listen", f"{HOST}:0"]
     if args.workers > 1:
         cmd += ["--workers", str(args.workers)]
     if args.bundle:

@@ -16,7 +16,7 @@ mkdir -p "$W"
 "$PY" bench/scenario.py write "$W/bodies" >/dev/null
 H=(-H 'content-type: application/grpc' -H 'te: trailers')
 
-taskset -c 0 .venv/bin/pdp serve --listen 127.0.0.1:0 --no-watch >"$W/pdp.log" 2>&1 &
+taskset -c 0 .venv/bin/pdp serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --no-watch >"$W/pdp.log" 2>&1 &
 SRV=$!
 trap 'kill -TERM $SRV; wait $SRV 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q listening "$W/pdp.log" && break; sleep 0.1; done
