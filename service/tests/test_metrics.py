@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -276,3 +277,41 @@ def test_action_labels_are_the_schema_actions() -> None:
         EntityRef("Action", "read"): "read",
         EntityRef("Action", "edit"): "edit",
     }
+
+
+WORKER = """
+import dataclasses, pathlib, sys
+from pdp.bundle import load_bundle
+from pdp.metrics import Metrics
+from pdp.model import BundleVersion
+
+class Cache:
+    hits, misses, evictions = 5, 1, 0
+
+bundle = load_bundle(pathlib.Path(sys.argv[1]))
+metrics = Metrics(multiprocess=True)
+metrics.bundle_loaded("docs", bundle)
+v2 = BundleVersion("docs", "2.0.0", "sha256:two")
+metrics.bundle_loaded("docs", dataclasses.replace(bundle, version=v2))
+metrics.export_counters("decision_cache", Cache(), ("hits", "misses", "evictions"))
+metrics.sync()
+"""
+
+
+def test_worker_state_and_object_counters_are_merged_over_workers(tmp_path: Path) -> None:
+    """What the supervisor serves from two workers' shared-memory files: object counters
+    summed, a replaced bundle version left out (shared memory cannot remove it)."""
+    from pdp.metrics import MULTIPROC_ENV
+    from pdp.metrics_server import workers_registry
+
+    env = {**os.environ, MULTIPROC_ENV: str(tmp_path)}
+    for _ in range(2):
+        subprocess.run(
+            [sys.executable, "-c", WORKER, str(DOCS_BUNDLE)], env=env, timeout=60, check=True
+        )
+    text = generate_latest(workers_registry(str(tmp_path), [])).decode()
+    m = {f.name: f for f in text_string_to_metric_families(text)}
+    assert value(m, "pdp_decision_cache_hits_total") == 10
+    assert value(m, "pdp_decision_cache_misses_total") == 2
+    assert [s.labels["version"] for s in m["pdp_bundle_info"].samples] == ["2.0.0"]
+    assert value(m, "pdp_bundle_age_seconds", tenant="docs") >= 0
