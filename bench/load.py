@@ -112,6 +112,8 @@ def start_server(
     pdp = Path(sys.executable).parent / "pdp"
     cmd = [str(pdp)] if pdp.exists() and env is None else [sys.executable, "-m", "pdp"]
     cmd += ["serve", "--listen", f"{HOST}:{args.port}", "--no-watch", *(extra or [])]
+    # Metrics stay on (as deployed), on a free port: two runs must not fight over 9464.
+    cmd += ["--metrics-listen", f"{HOST}:0"]
     if args.workers > 1:
         cmd += ["--workers", str(args.workers)]
     # Every call of a run repeats one body: with the decision cache on, all but the first

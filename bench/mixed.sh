@@ -29,6 +29,7 @@ Path(sys.argv[1]).write_bytes(build_archive(files))
 H=(-H 'content-type: application/grpc' -H 'te: trailers')
 
 taskset -c 0 "$PY" -m pdp serve --listen 127.0.0.1:0 --no-watch --bundle "$W/bench-bundle.tar.gz" --no-decision-cache \
+  --metrics-listen 127.0.0.1:0 \
   >"$W/pdp.log" 2>&1 &
 SRV=$!
 trap 'kill -TERM $SRV; wait $SRV 2>/dev/null || true' EXIT

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from pdp.decision_log import DecisionLogger, decision_logger
 from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
+from pdp.metrics import Metrics, NoMetrics, multiprocess_dir
+from pdp.metrics_server import MetricsListener, process_registry
 from pdp.reloader import Reloader
 from pdp.tracing import Tracing
 
@@ -53,7 +56,22 @@ class App:
         self.start_tracing = tracing
         self.engine = Engine(cache=_decision_cache(settings))
         self.sources = settings.bundle_sources()
-        self.reloader = Reloader(self.engine, self.sources)
+        # A `--workers` worker records into the supervisor's shared-memory directory and
+        # the supervisor serves the scrape; a single process serves its own.
+        self.shared_metrics = reuse_port and multiprocess_dir() is not None
+        self.metrics: Metrics = (
+            NoMetrics()
+            if settings.metrics_listen == "off"
+            else Metrics(multiprocess=self.shared_metrics)
+        )
+        if self.engine.cache is not None:
+            self.metrics.export_counters(
+                "decision_cache",
+                self.engine.cache,
+                ("hits", "misses", "evictions"),
+                {"entries": "entries", "bytes": "bytes"},
+            )
+        self.reloader = Reloader(self.engine, self.sources, self.metrics)
         self._server: PdpServer | None = None
         self.decision_log: DecisionLogger | None = None
         self._stop = asyncio.Event()
@@ -95,9 +113,15 @@ class App:
         task.add_done_callback(self._tasks.discard)
 
     async def run(self, on_listening: Callable[[int], None] | None = None) -> None:
+        with self._metrics_exported():  # first: a taken metrics port fails before gRPC opens
+            await self._serve(on_listening)
+
+    async def _serve(self, on_listening: Callable[[int], None] | None) -> None:
         s = self.settings
         tracing = self.start_tracing()
         self.decision_log = decision_logger(s, worker=self.reuse_port)
+        if self.decision_log is not None:
+            self.metrics.export_counters("decision_log", self.decision_log, ("written", "dropped"))
         server = PdpServer(
             self.engine,
             s.listen,
@@ -111,6 +135,7 @@ class App:
             reuse_port=self.reuse_port,
             tracing=tracing,
             decision_log=self.decision_log,
+            metrics=self.metrics,
         )
         self._server = server
         self._update_health()  # before the first call: the health servicer starts SERVING
@@ -144,6 +169,25 @@ class App:
                     # Every answered call's records are written before the process exits.
                     await asyncio.to_thread(self.decision_log.close)
         log.info("stopped")
+
+    @contextlib.contextmanager
+    def _metrics_exported(self) -> Iterator[None]:
+        if isinstance(self.metrics, NoMetrics):
+            yield
+        elif self.shared_metrics:
+            stop = threading.Event()
+            syncer = self.metrics.start_sync(stop)
+            try:
+                yield
+            finally:
+                stop.set()
+                syncer.join(timeout=5)
+        else:
+            listener = MetricsListener(self.settings.metrics_listen, process_registry(self.metrics))
+            try:
+                yield
+            finally:
+                listener.close()
 
     async def _watch(self) -> None:
         """Watch until cancelled; whatever fails, log it and watch again."""

@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--decision-log-drop-path", dest="decision_log_drop_paths", action="append", metavar="PATH"
     )
+    serve.add_argument(
+        "--metrics-listen", help="host:port of /metrics (default 127.0.0.1:9464), or off"
+    )
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="ask for one decision")
@@ -164,7 +167,9 @@ def _serve(args: argparse.Namespace) -> int:
 
             m = LISTEN.fullmatch(settings.listen)
             assert m is not None  # validated by Settings
-            return run_workers(args.argv, m["host"], int(m["port"]), settings.workers)
+            return run_workers(
+                args.argv, m["host"], int(m["port"]), settings.workers, settings.metrics_listen
+            )
         asyncio.run(app.run())
     except BundleError as exc:
         print(f"pdp: cannot start: {exc.message}", file=sys.stderr)
@@ -216,6 +221,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "decision_log_context",
             "decision_log_mask_paths",
             "decision_log_drop_paths",
+            "metrics_listen",
         )
         if (v := getattr(args, k)) is not None
     }

@@ -25,6 +25,7 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_BATCH_ITEMS = 100
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_THREADS = 4  # measured: bench/RESULTS.md, 2026-12-01
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 LISTEN = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
 
 
@@ -195,12 +196,18 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a file in an existing directory: {v}")
         return v
 
-    @field_validator("listen")
+    metrics_listen: str = DEFAULT_METRICS_LISTEN
+    """host:port of the Prometheus `/metrics` listener, or `off`; port 0 picks a free port."""
+
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _check_listen(cls, v: str) -> str:
+    def _check_listen(cls, v: str, info: ValidationInfo) -> str:
+        if info.field_name == "metrics_listen" and v == "off":
+            return v
         m = LISTEN.fullmatch(v)
         if m is None or int(m["port"]) > 65535:
-            raise ValueError("must be host:port with a port from 0 to 65535")
+            off = ", or off" if info.field_name == "metrics_listen" else ""
+            raise ValueError(f"must be host:port with a port from 0 to 65535{off}")
         return v
 
     @field_validator("bundles")

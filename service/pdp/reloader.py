@@ -3,7 +3,7 @@
 A tenant whose new bundle fails for any reason (a refused bundle, a file vanishing
 mid-read, an unreadable directory) keeps serving its previous one, and so does a
 tenant whose source disappeared; each failure is logged with the tenant and path
-and recorded in `status` (exported as metrics by the telemetry layer).
+and recorded in `status`, and reported to `pdp.metrics`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pdp.bundle import Bundle, compile_bundle
 from pdp.bundle_files import BundleFiles
 from pdp.engine import Engine, Snapshot
 from pdp.errors import BundleError, BundleProblem
+from pdp.metrics import Metrics, NoMetrics
 from pdp.model import BundleVersion
 from pdp.tenants import BundleSources, TenantSource
 
@@ -39,8 +40,11 @@ class TenantStatus:
 
 
 class Reloader:
-    def __init__(self, engine: Engine, sources: BundleSources) -> None:
+    def __init__(
+        self, engine: Engine, sources: BundleSources, metrics: Metrics | None = None
+    ) -> None:
         self._engine = engine
+        self._metrics = metrics or NoMetrics()
         self._sources = sources
         self._lock = threading.Lock()  # one reload at a time; swaps never interleave
         self._status: dict[str, TenantStatus] = {}
@@ -138,6 +142,7 @@ class Reloader:
         self._status[tenant] = TenantStatus(
             True, bundle.version, None, time.time(), old.failures if old else 0
         )
+        self._metrics.bundle_loaded(tenant, bundle)
         return bundle
 
     def _vanished(self, tenant: str, kept: Bundle) -> None:
@@ -155,6 +160,7 @@ class Reloader:
             message = f"{message[:cut]}\n  ... {more} more characters; `pdp validate` lists all"
         keeping = f"keeping version {kept.version.version}" if kept else "no version to serve"
         log.error("tenant %s: bundle refused, %s: %s", tenant, keeping, message)
+        self._metrics.reload_failed(tenant)
         self._status[tenant] = TenantStatus(
             False,
             kept.version if kept else None,

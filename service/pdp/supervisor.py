@@ -4,18 +4,29 @@ cedarpy holds the GIL while it evaluates, so one process decides on one core; mo
 cores need more processes. Each worker is a complete `pdp serve` (own snapshot, own
 reload); the kernel spreads connections over them (SO_REUSEPORT). This parent only
 reserves the port, starts the workers, forwards signals and stops them all if one dies.
+With metrics on it also serves the one scrape for all workers: they record into a
+shared-memory directory it creates for the run and removes afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from pdp.metrics import MULTIPROC_ENV
+from pdp.metrics_server import MetricsListener, workers_registry
 
 log = logging.getLogger("pdp.supervisor")
 
@@ -38,17 +49,55 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return s
 
 
-def run_workers(argv: Sequence[str], host: str, port: int, workers: int) -> int:
-    with reserve_port(host, port) as reserved:
+def run_workers(
+    argv: Sequence[str], host: str, port: int, workers: int, metrics_listen: str = "off"
+) -> int:
+    with reserve_port(host, port) as reserved, _metrics_dir(metrics_listen) as directory:
         listen = f"{host}:{reserved.getsockname()[1]}"
-        return _supervise(argv, listen, workers)
+        return _supervise(argv, listen, workers, metrics_listen, directory)
 
 
-def _supervise(argv: Sequence[str], listen: str, workers: int) -> int:
+@contextlib.contextmanager
+def _metrics_dir(metrics_listen: str) -> Iterator[str | None]:
+    if metrics_listen == "off":
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix="pdp-metrics-")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _supervise(
+    argv: Sequence[str], listen: str, workers: int, metrics_listen: str, directory: str | None
+) -> int:
     command = [sys.executable, "-m", "pdp", *argv, "--workers", "1", "--listen", listen, "--worker"]
-    procs = [subprocess.Popen(command) for _ in range(workers)]
+    env = dict(os.environ)
+    env.pop(MULTIPROC_ENV, None)
+    if directory is not None:
+        env[MULTIPROC_ENV] = directory  # read by prometheus-client as a worker imports it
+    procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
     log.info("supervising %d workers on %s: pids %s", workers, listen, [p.pid for p in procs])
+    if directory is not None:
+        log.info("worker metrics in %s", directory)
+    with contextlib.ExitStack() as stack:
+        if directory is not None:
+            try:
+                listener = MetricsListener(
+                    metrics_listen, workers_registry(directory, [p.pid for p in procs])
+                )
+            except OSError as exc:
+                log.error("%s; stopping the workers", exc)
+                for p in procs:
+                    p.send_signal(signal.SIGTERM)
+                    p.wait()
+                return 1
+            stack.callback(listener.close)
+        return _watch(procs, directory)
 
+
+def _watch(procs: list[subprocess.Popen[bytes]], directory: str | None) -> int:
     def forward(signum: int, _frame: FrameType | None) -> None:
         # Ctrl-C reaches the workers too (one process group); a second copy is harmless:
         # a worker handles signals until it exits.
@@ -67,6 +116,9 @@ def _supervise(argv: Sequence[str], listen: str, workers: int) -> int:
                 log.error("a worker exited unexpectedly; stopping the others")
                 forward(signal.SIGTERM, None)
                 stopping = True
+            for p in procs:  # a dead worker's live gauges no longer count
+                if p.returncode is not None and directory is not None:
+                    mark_process_dead(p.pid, directory)  # type: ignore[no-untyped-call]
             time.sleep(0.1)
     finally:
         for sig in forwarded:

@@ -11,6 +11,10 @@ from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 
 from .support import DOCS_BUNDLE, REPO, ServerProcess, running_server
 
+# Every server a test starts (and its `--workers` supervisor) serves metrics on a free port:
+# the default 127.0.0.1:9464 would be taken by the first one, or by another checkout's run.
+os.environ.setdefault("PDP_METRICS_LISTEN", "127.0.0.1:0")
+
 # CI runs the same examples every time: a property failure there is reproducible, not luck.
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):

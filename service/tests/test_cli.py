@@ -168,6 +168,8 @@ LIMITS_OUT_OF_RANGE = {
         ([], {"PDP_DECISION_CACHE_TTL_SECONDS": "-1"}, "invalid setting decision_cache_ttl"),
         (["--max-check-streams", "-1"], {}, "invalid setting max_check_streams"),
         (["--threads", "2", "--max-check-streams", "2"], {}, "invalid setting max_check_streams"),
+        (["--metrics-listen", "on"], {}, "invalid setting metrics_listen"),
+        ([], {"PDP_METRICS_LISTEN": "127.0.0.1:70000"}, "invalid setting metrics_listen"),
         (["--config", "/no/such.toml"], {}, "invalid"),
     ],
 )

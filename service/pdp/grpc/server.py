@@ -17,6 +17,7 @@ from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.servicer import AuthorizationServicer
 from pdp.grpc.wire import add_authorization_service
+from pdp.metrics import Metrics
 from pdp.tracing import NO_TRACING, Tracing
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
@@ -46,6 +47,7 @@ class PdpServer:
         reuse_port: bool = False,
         tracing: Tracing = NO_TRACING,
         decision_log: DecisionLogger | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pdp-rpc"),
@@ -66,7 +68,7 @@ class PdpServer:
         )
         add_authorization_service(
             AuthorizationServicer(
-                engine, max_batch_items, limits, max_check_streams, tracing, decision_log
+                engine, max_batch_items, limits, max_check_streams, tracing, decision_log, metrics
             ),
             self.server,
         )

@@ -21,6 +21,7 @@ from pdp.errors import InvalidRequest
 from pdp.grpc import convert
 from pdp.grpc.status import error_status, handle_errors
 from pdp.grpc.wire import Undecodable, decoded
+from pdp.metrics import Metrics, NoMetrics
 from pdp.tracing import NO_TRACING, Tracing
 
 
@@ -33,9 +34,11 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         max_check_streams: int = 1,
         tracing: Tracing = NO_TRACING,
         decision_log: DecisionLogger | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._engine = engine
         self._decision_log = decision_log
+        self.metrics = metrics or NoMetrics()  # `handle_errors` times every call with it
         self._max_batch_items = max_batch_items
         self._limits = limits
         self.tracing = tracing  # read by `handle_errors` too: the span of each call
@@ -56,6 +59,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
             span.check(check, result)
         if self._decision_log is not None:
             self._decision_log.check(request.tenant, check, result, started, metadata)
+        self.metrics.decided(request.tenant, check, result)
         return convert.check_response(result)
 
     @handle_errors
@@ -86,6 +90,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
             self._decision_log.batch(
                 request.tenant, inputs, results, started, context.invocation_metadata()
             )
+        self.metrics.decided_batch(request.tenant, inputs, results)
         return pb.CheckBatchResponse(results=[convert.check_response(r) for r in results])
 
     def CheckStream(

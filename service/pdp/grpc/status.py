@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -44,19 +45,27 @@ def error_status(exc: Exception, where: str) -> tuple[grpc.StatusCode, str]:
 def handle_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """End a call that raised with its status (`error_status`).
 
-    The call is traced by the servicer's `tracing` (`pdp.tracing`), status code included.
+    The call is traced by the servicer's `tracing` (`pdp.tracing`) and counted and timed by
+    its `metrics`, each with the status the call ends in.
     """
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Req, context: grpc.ServicerContext) -> Resp:
-        # The call's span ends before the status is sent, as it does before a response.
-        with self.tracing.rpc(method.__name__, context) as span:
-            try:
-                return method(self, request, context)
-            except Exception as exc:
-                code, details = error_status(exc, method.__name__)
-            span.status(code)
-        context.abort(code, details)
+        start = time.perf_counter()
+        code = grpc.StatusCode.CANCELLED  # unless it ends otherwise: the caller went away
+        try:
+            # The call's span ends before the status is sent, as it does before a response.
+            with self.tracing.rpc(method.__name__, context) as span:
+                try:
+                    response = method(self, request, context)
+                    code = grpc.StatusCode.OK
+                    return response
+                except Exception as exc:
+                    code, details = error_status(exc, method.__name__)
+                span.status(code)
+            context.abort(code, details)
+        finally:
+            self.metrics.rpc(method.__name__, code.name, time.perf_counter() - start)
         raise AssertionError("unreachable: abort() raises")
 
     return wrapper
