@@ -24,6 +24,8 @@
 #   QUIET_MAX=                    e.g. 10: before each run wait (max 120 s) for < 10 % other load
 #   ORDER="cerbos pdp"            which server goes first
 #   DECISION_CACHE=off            on: cedar-pdp serves with its decision cache (warm figures)
+#   WORKERS=1                     cedar-pdp `pdp serve --workers N` (e.g. 2, unpinned, with
+#                                 SERVER_CPU= LOADGEN_CPU=: both servers on every core)
 #   CERBOS_DIR=/work/shared/bench/cerbos   COMPARE_WORK=/tmp/cerbos-compare
 set -euo pipefail
 
@@ -84,7 +86,7 @@ run_pdp() {
   # shellcheck disable=SC2086  # SHAPES and CONCURRENCY are word lists
   "$PY" "$HERE/load.py" --scenario cerbos --duration "$DURATION" --warmup "$WARMUP" \
     --runs "$RUNS" --shapes $SHAPES --concurrency $CONCURRENCY --conns "$CONNS" \
-    "${RATE_ARGS[@]}" "${CACHE_ARGS[@]}" --server-cpu "$SERVER_CPU" --loadgen-cpu "$LOADGEN_CPU" \
+    "${RATE_ARGS[@]}" "${CACHE_ARGS[@]}" --workers "${WORKERS:-1}" --server-cpu "$SERVER_CPU" --loadgen-cpu "$LOADGEN_CPU" \
     --quiet-max "${QUIET_MAX:-0}" --workdir "$WORK/pdp" | tee "$WORK/pdp-$STAMP.txt" || true
   PDP_RESULTS="$(results_of "$WORK/pdp-$STAMP.txt")"
 }

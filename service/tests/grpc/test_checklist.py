@@ -136,9 +136,13 @@ def test_step_up_and_session_rules_hold_for_every_session(
 ) -> None:
     seen: Counter[str] = Counter()
 
+    # Derandomized everywhere, not only under CI: the minimum counts below are about what
+    # the generator reaches, and a random draw fell short of one (19 of 20) on a clone.
     @settings(
         max_examples=400,
         deadline=None,
+        derandomize=True,
+        database=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
     @given(name=st.sampled_from(sorted(KINDS)), facts=session_facts())
