@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-context-depth", type=int)
     serve.add_argument("--max-concurrent-streams", type=int, help="per connection")
     serve.add_argument("--max-concurrent-rpcs", type=int, help="server-wide")
-    serve.add_argument("--threads", type=int, help="worker threads answering calls")
+    serve.add_argument("--threads", type=int, help="calls deciding at once")
     serve.add_argument(
         "--decision-cache", action=argparse.BooleanOptionalAction, help="decision cache on/off"
     )

@@ -105,10 +105,10 @@ class Settings(BaseSettings):
     """HTTP/2 streams one connection may have open (`grpc.max_concurrent_streams`)."""
 
     threads: int = Field(DEFAULT_THREADS, ge=1, le=1024)
-    """Worker threads answering calls in one server process. cedarpy holds the GIL, so
-    threads do not add cores (`workers` does); a few let grpcio overlap its own I/O with
-    decisions. Calls beyond them wait in a queue (bounded by `max_concurrent_rpcs`); an open
-    reflection stream holds a thread (a health `Watch` does not: it is non-blocking)."""
+    """Calls deciding at once in one server process. cedarpy holds the GIL, so more do not
+    add cores (`workers` does); a few let grpcio overlap its own I/O with decisions. Every
+    admitted call has a thread of its own (up to `max_concurrent_rpcs`), so a client that
+    never finishes its message, or an open reflection stream, holds a thread but no slot."""
 
     max_check_streams: int | None = Field(None, ge=0, le=1023)
     """CheckStream streams open at once (default: half of `threads`, rounded down); more end

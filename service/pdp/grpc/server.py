@@ -28,8 +28,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class PdpServer:
     """A started-on-demand threaded gRPC server with its health servicer.
 
-    Calls run on a pool of `threads` worker threads: grpcio's threaded server costs less
-    per call than grpc.aio (bench/RESULTS.md, 2026-12-01). The methods here are called from
+    Calls run on a pool of one thread per admitted call, `threads` of them deciding at once
+    (grpcio's threaded server costs less per call than grpc.aio ; bench/RESULTS.md, 2026-12-01). The methods here are called from
     the asyncio thread of `pdp.app`; none of them blocks on a call in flight."""
 
     def __init__(
@@ -50,7 +50,13 @@ class PdpServer:
         metrics: Metrics | None = None,
     ) -> None:
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pdp-rpc"),
+            # One thread for every call the server admits: grpcio reads a call's request on
+            # its thread, so a pool of `threads` could be held by clients that never finish
+            # their message (or by idle reflection streams) and starve every other call.
+            # `threads` instead bounds the calls deciding at once (the servicer's slots).
+            futures.ThreadPoolExecutor(
+                max_workers=max_concurrent_rpcs, thread_name_prefix="pdp-rpc"
+            ),
             options=[
                 # A stream buffers at most one message of this size: grpc opens the HTTP/2
                 # window only as far as the length prefix of the message being read.
@@ -68,7 +74,14 @@ class PdpServer:
         )
         add_authorization_service(
             AuthorizationServicer(
-                engine, max_batch_items, limits, max_check_streams, tracing, decision_log, metrics
+                engine,
+                max_batch_items,
+                limits,
+                max_check_streams,
+                tracing,
+                decision_log,
+                metrics,
+                deciding=threads,
             ),
             self.server,
         )

@@ -35,8 +35,13 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         tracing: Tracing = NO_TRACING,
         decision_log: DecisionLogger | None = None,
         metrics: Metrics | None = None,
+        *,
+        deciding: int = 4,
     ) -> None:
         self._engine = engine
+        # Calls deciding at once (`threads`): cedarpy holds the GIL, so more runnable
+        # threads only contend for it; a call waiting for its message holds no slot.
+        self._slots = threading.BoundedSemaphore(deciding)
         self._decision_log = decision_log
         self.metrics = metrics or NoMetrics()  # `handle_errors` times every call with it
         self._max_batch_items = max_batch_items
@@ -48,6 +53,12 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         self._streams = threading.BoundedSemaphore(max_check_streams)
 
     def _check(
+        self, request: pb.CheckRequest | Undecodable, metadata: Sequence[tuple[str, Any]] | None
+    ) -> pb.CheckResponse:
+        with self._slots:
+            return self._decide(request, metadata)
+
+    def _decide(
         self, request: pb.CheckRequest | Undecodable, metadata: Sequence[tuple[str, Any]] | None
     ) -> pb.CheckResponse:
         started = time.perf_counter()
@@ -70,6 +81,12 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
 
     @handle_errors
     def CheckBatch(
+        self, request: pb.CheckBatchRequest | Undecodable, context: grpc.ServicerContext
+    ) -> pb.CheckBatchResponse:
+        with self._slots:
+            return self._batch(request, context)
+
+    def _batch(
         self, request: pb.CheckBatchRequest | Undecodable, context: grpc.ServicerContext
     ) -> pb.CheckBatchResponse:
         started = time.perf_counter()
