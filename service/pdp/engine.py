@@ -115,7 +115,8 @@ class Engine:
         if cache is None:
             return _sliced(bundle, requests)
         name = tenant or DEFAULT_TENANT
-        keys = [decision_key(name, bundle, r) for r in requests]
+        memo: dict[str, str] = {}  # batch-level texts are canonicalised once
+        keys = [decision_key(name, bundle, r, memo) for r in requests]
         results: list[CheckResult | None] = [None] * len(requests)
         misses: list[int] = []
         for i, key in enumerate(keys):

@@ -30,7 +30,8 @@ class PdpServer:
 
     Calls run on a pool of one thread per admitted call, `threads` of them deciding at once
     (grpcio's threaded server costs less per call than grpc.aio: bench/RESULTS.md,
-    2026-12-01). The methods here are called from the asyncio thread of `pdp.app`; none of them blocks on a call in flight."""
+    2026-12-01). The methods here are called from the asyncio thread of `pdp.app`; none of
+    them blocks on a call in flight."""
 
     def __init__(
         self,
