@@ -49,6 +49,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from pdp.errors import PdpError
+from pdp.masking import mask_text
 from pdp.model import DEFAULT_TENANT, CheckInput, CheckResult, Decision
 
 log = logging.getLogger(__name__)
@@ -278,6 +279,12 @@ class _RpcSpan:
             otel_context.detach(self._token)
 
 
+def _action(request: CheckInput) -> str:
+    """The action as a span attribute: a caller chose it (with `validate_requests` off any
+    id is decided), so it is cut and masked as the decision log masks caller values."""
+    return mask_text(str(request.action)[:MAX_ACTION_CHARS], [])
+
+
 class _DecisionSpan:
     __slots__ = ("_tracer", "_tenant", "_batch", "_span")
 
@@ -300,7 +307,7 @@ class _DecisionSpan:
         span.set_attributes(
             {
                 "pdp.tenant": self._tenant,
-                "pdp.action": str(request.action)[:MAX_ACTION_CHARS],
+                "pdp.action": _action(request),
                 "pdp.decision": result.decision.value,
                 "pdp.decision_id": result.decision_id,
                 "pdp.determining_policies": list(result.determining_policies),
@@ -315,7 +322,7 @@ class _DecisionSpan:
         if not span.is_recording():
             return
         allowed = sum(r.decision is Decision.ALLOW for r in results)
-        actions = sorted({str(r.action)[:MAX_ACTION_CHARS] for r in requests})
+        actions = sorted({_action(r) for r in requests})
         span.set_attributes(
             {
                 "pdp.tenant": self._tenant,
