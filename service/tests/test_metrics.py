@@ -315,3 +315,24 @@ def test_worker_state_and_object_counters_are_merged_over_workers(tmp_path: Path
     assert value(m, "pdp_decision_cache_misses_total") == 2
     assert [s.labels["version"] for s in m["pdp_bundle_info"].samples] == ["2.0.0"]
     assert value(m, "pdp_bundle_age_seconds", tenant="docs") >= 0
+
+
+def test_check_stream_items_are_counted_as_calls_with_their_status(docs: Path) -> None:
+    # A stream's answers are in-band, so its errors never reach a call status: each item is
+    # counted under CheckStream with the status Check would have ended with.
+    with (
+        running_server(["--bundle", f"docs={docs}", "--no-watch"]) as srv,
+        srv.channel() as ch,
+    ):
+        stub = pb_grpc.AuthorizationServiceStub(ch)
+        good, bad = req("alice", "read"), req("alice", "read", context_json="{")
+        answers = list(stub.CheckStream(iter([good, bad, good])))
+        assert [a.WhichOneof("outcome") for a in answers] == ["result", "error", "result"]
+        families = scrape(metrics_port(srv))
+        handled = "pdp_grpc_server_handled_total"
+        assert value(families, handled, method="CheckStream", code="OK") == 2
+        assert value(families, handled, method="CheckStream", code="INVALID_ARGUMENT") == 1
+        assert (
+            value(families, "pdp_decisions_total", tenant="docs", action="read", decision="allow")
+            == 2
+        )
