@@ -168,7 +168,8 @@ def compile_bundle(files: BundleFiles) -> Bundle:
     policies = _sources(parsed, problems)
     if schema is not None and (manifest is None or manifest.validation == "strict"):
         _validate(parsed, schema, policies, problems)
-    policy_set = _link(files, _policy_set(parsed, problems), policies, problems)
+    unlinked = _policy_set(parsed, problems)
+    policy_set = _link(files, unlinked, policies, problems)
     entities = _entities(files, schema, problems) if schema is not None else None
     trust = None
     if manifest is not None and entities is not None:
@@ -178,7 +179,7 @@ def compile_bundle(files: BundleFiles) -> Bundle:
     if problems or manifest is None or entities is None or trust is None:
         raise BundleError(files.source, problems)
     version = BundleVersion(manifest.name, manifest.version, files.digest)
-    index = _index(manifest, schema, policies, trust)
+    index = _index(manifest, schema, policies, trust, unlinked)
     return Bundle(
         files.source,
         manifest,
@@ -198,6 +199,7 @@ def _index(
     schema: Any,
     sources: Mapping[str, PolicySource],
     trust: RequestTrust,
+    unlinked: Any,
 ) -> PolicyIndex | None:
     """The bundle's policy index, or None where it could not be sure of a request's scope.
 
@@ -220,7 +222,9 @@ def _index(
         for s in sources.values()
         if not s.is_template
     ]
-    return build_index(members, hierarchy)
+    # The set before linking: the index's base where a request's statics are too many to
+    # parse on the request path (`pdp.policy_index.MAX_PARSED`).
+    return build_index(members, hierarchy, unlinked)
 
 
 def _manifest(files: BundleFiles, problems: list[BundleProblem]) -> Manifest | None:
