@@ -76,7 +76,9 @@ def bundle(tmp_path: Path) -> Path:
 
 @contextmanager
 def serve(bundle: Path, *args: str) -> Iterator[ServerProcess]:
-    with running_server(["--no-watch", "--bundle", f"logs={bundle}", *args]) as srv:
+    # Decision logs are off by default: turned on here (a later `--decision-log` wins).
+    on = ["--decision-log", "stdout"]
+    with running_server(["--no-watch", "--bundle", f"logs={bundle}", *on, *args]) as srv:
         yield srv
 
 
@@ -560,6 +562,15 @@ def test_ids_are_cut_by_their_json_bytes_and_shrunk_last_to_fit_the_smallest_bou
     assert r["principal"]["id"].startswith("\U0001f600") and r["principal"]["id"].endswith("…")
     assert len(json.dumps(r["principal"]["id"])) < 256  # shrunk below the cut of an id
     validate(r)
+
+
+def test_decision_logs_are_off_unless_turned_on(bundle: Path) -> None:
+    with (
+        running_server(["--no-watch", "--bundle", f"logs={bundle}"]) as srv,
+        srv.channel() as ch,
+    ):
+        assert srv.stub(ch).Check(check()).decision == pb.DECISION_ALLOW
+    assert records(srv.lines) == []
 
 
 @pytest.mark.parametrize(
