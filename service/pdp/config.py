@@ -144,9 +144,11 @@ class Settings(BaseSettings):
         return v
 
     # Decision logs (README, "Decision logs"): one masked JSON record per decision.
-    decision_log: Literal["stdout", "file", "off"] = "stdout"
-    """Where decision records go: stdout (the server's own log is on stderr), a rotating
-    file (`decision_log_file`), or nowhere."""
+    decision_log: Literal["stdout", "file", "off"] = "off"
+    """Where decision records go: nowhere (the default: writing every decision costs 20-35%
+    of a Check, so an operator turns it on knowingly, as with Cerbos's audit log and OPA's
+    decision logs), stdout (the server's own log is on stderr) or a rotating file
+    (`decision_log_file`)."""
 
     decision_log_file: Path | None = Field(None, validate_default=True)
     """The file of `decision_log = "file"`; with `--workers`, each worker writes PATH.<pid>."""

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pdp.masking import Masker, OverBudget, Stats
+from pdp.masking import ELLIPSIS, MAX_VALUE_CHARS, Masker, OverBudget, Stats
 from pdp.model import (
     DEFAULT_TENANT,
     BundleVersion,
@@ -78,6 +78,10 @@ def parse_traceparent(values: Sequence[str | bytes]) -> str | None:
     if trace == "0" * 32 or parent == "0" * 16:
         return None
     return trace
+
+
+class RecordTooLarge(Exception):
+    """A record that no shrinking brings within max_record_bytes (dropped and counted)."""
 
 
 class Sink(Protocol):
@@ -313,7 +317,10 @@ class DecisionLogger:
         )
         indices = range(len(call.results)) if call.indices is None else call.indices
         for i in indices:
-            yield self._record(call, i, memo, common)
+            try:
+                yield self._record(call, i, memo, common)
+            except RecordTooLarge:  # counted as dropped: never written above the bound
+                log.error("decision log: a record exceeds decision_log_max_record_bytes")
 
     def _record(self, call: _Call, i: int, memo: _Memo, common: tuple[str, str, str]) -> str:
         req, res = call.inputs[i], call.results[i]
@@ -383,6 +390,19 @@ class DecisionLogger:
                 if name not in record["truncated"]:
                     record["truncated"] = sorted([*record["truncated"], name])
                 line = json.dumps(record, separators=(",", ":"))
+        # Last resort: the ids themselves, halved until the record fits (a 1 KiB bound leaves
+        # less than six 256-byte uids need).
+        limit = MAX_VALUE_CHARS
+        while len(line) > self._max_record_bytes and limit > 8:
+            limit //= 2
+            for name in ("principal", "resource", "action"):
+                uid, own = record[name], Stats()
+                record[name] = {k: _fit(v, own, name, limit) for k, v in uid.items()}
+                if own.truncated and name not in record["truncated"]:
+                    record["truncated"] = sorted([*record["truncated"], name])
+            line = json.dumps(record, separators=(",", ":"))
+        if len(line) > self._max_record_bytes:  # never written above the bound
+            raise RecordTooLarge(len(line))
         return line
 
 
@@ -399,7 +419,8 @@ class _Memo:
         key = (where, ref.type, ref.id)
         if key not in self._uids:
             own = Stats()
-            uid = {"type": m.text(ref.type, own, where), "id": m.text(ref.id, own, where)}
+            uid = {"type": _fit(m.text(ref.type, own, where), own, where),
+                   "id": _fit(m.text(ref.id, own, where), own, where)}  # fmt: skip
             self._uids[key] = (json.dumps(uid, separators=(",", ":")), own)
         out, own = self._uids[key]
         stats.masked += own.masked
@@ -411,6 +432,26 @@ class _Memo:
             fields = {"bundle": v.name, "version": v.version, "digest": v.digest}
             self._versions[v] = json.dumps(fields, separators=(",", ":"))
         return self._versions[v]
+
+
+def _escaped_bytes(ch: str) -> int:
+    """Bytes of `ch` in a JSON string as json.dumps writes it (ASCII only)."""
+    if ch in '"\\' or ch in "\b\f\n\r\t":
+        return 2
+    code = ord(ch)
+    return 1 if 0x20 <= code < 0x7F else 12 if code > 0xFFFF else 6
+
+
+def _fit(text: str, stats: Stats, where: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """`text` cut to at most `limit` bytes as written in JSON: cutting by characters lets an
+    astral character (a 12-byte escape) make a 256-character id 3 KB."""
+    size = 0
+    for i, ch in enumerate(text):
+        size += _escaped_bytes(ch)
+        if size > limit:
+            stats.truncated.add(where)
+            return text[:i] + ELLIPSIS if text[:i] else ELLIPSIS
+    return text
 
 
 def _request_bytes(req: CheckInput) -> int:

@@ -9,7 +9,9 @@ entities) may hold a card number or a secret, so all of it passes through `Maske
   masked whatever its type;
 - inside every string (and every integer, as its digits), card numbers (Luhn-valid runs of
   12-19 digits, also with single spaces or dashes: `is_card_number`), checksum-valid IBANs, JWTs and
-  `Bearer`/`Basic` credentials are replaced by `<masked:KIND>`.
+  `Bearer`/`Basic` credentials are replaced by `<masked:KIND>`, and so is the value of a
+  `name=value` / `name: value` pair (query parameters, URL-encoded forms too) whose name
+  looks like a secret.
 
 The work is bounded: each string is scanned only as far as it will be written (plus the
 longest span a match can straddle the cut with), and a tree stops being walked once its
@@ -62,9 +64,25 @@ _CVV_NAMES = frozenset({"cvn", "csc", "cav2", "cid2"})
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 
 _JWT = re.compile(r"e[w-z0-9_-][A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){1,3}")
-_AUTH = re.compile(r"(?i:bearer)[\s:=]+[A-Za-z0-9._~+/-]+=*|(?i:basic)\s+[A-Za-z0-9+/]{8,}={0,2}")
+# Separators may be URL-encoded (`Bearer%20tok`, `Authorization%3A%20Bearer%20tok`) or
+# quotes (`Bearer "tok"`). Linear: the separator and credential classes are disjoint.
+_AUTH = re.compile(
+    r"(?i:bearer)(?:[\s:=\"']|%(?i:20|3a|3d|22|27))+[A-Za-z0-9._~+/-]+(?:=|%3[dD])*"
+    r"|(?i:basic)(?:[\s\"']|%(?i:20|22|27))+[A-Za-z0-9+/]{8,}(?:=|%3[dD]){0,2}"
+)
+# `name=value`, `name: value`, `"name": "value"`, query parameters (`?access_token=...`) and
+# their URL-encoded forms (`%26name%3Dvalue`): the value is masked when the name looks like a
+# secret (`secret_kind`). A name starts after a character that cannot be in one (or after a
+# `%XX` escape) and has at most 64 characters, the separators at most a few: each position
+# costs O(1), so the scan is linear whatever the text.
+_PAIR = re.compile(
+    r"(?:(?<=%[0-9A-Fa-f]{2})|(?<![A-Za-z0-9_.-]))([A-Za-z][A-Za-z0-9_.-]{0,63})[\"']?"
+    r"[ \t]{0,8}(?:[=:]|%(?i:3a|3d))(?:[ \t\"']|%(?i:20|22|27)){0,8}"
+)
+# A secret value runs to a delimiter of a pair list or a query string, plain or URL-encoded.
+_PAIR_VALUE = re.compile(r"(?:[^\s&;,\"'<>%]|%(?!(?i:2[026-7c]|3b))[0-9A-Fa-f]{0,2})+")
 # What every match above needs somewhere: most strings (ids, names) have none of it.
-_GATE = re.compile(r"[0-9]{2}|e[w-z0-9_-]|(?i:bearer|basic)")
+_GATE = re.compile(r"[0-9]{2}|e[w-z0-9_-]|(?i:bearer|basic)|[=:%]")
 # The same over a whole JSON text, plus what it cannot see through: an escape (`\u0034` is a
 # digit), a string that may need cutting (a long run without a quote), any key or text that
 # may name a secret once lower-cased and stripped to letters and digits.
@@ -214,6 +232,23 @@ def _mask_ibans(text: str, hits: list[str]) -> str:
     return text if not out else "".join(out) + text[pos:]
 
 
+def _mask_pairs(text: str, hits: list[str]) -> str:
+    out: list[str] = []
+    pos = scan = 0
+    while (m := _PAIR.search(text, scan)) is not None:
+        scan = m.end()  # a name that is no secret: its value may hold the next name
+        kind = secret_kind(m[1])
+        if kind is None:
+            continue
+        value = _PAIR_VALUE.match(text, m.end())
+        if value is None or text.startswith("<masked:", m.end()):
+            continue
+        out += [text[pos : m.end()], MASK.format(kind)]
+        hits.append(kind)
+        pos = scan = value.end()
+    return text if not out else "".join(out) + text[pos:]
+
+
 def mask_text(text: str, hits: list[str]) -> str:
     """`text` with every card number, IBAN, JWT and Bearer/Basic credential masked; the
     kind of each mask is appended to `hits`."""
@@ -231,6 +266,7 @@ def mask_text(text: str, hits: list[str]) -> str:
         return text
     text = _JWT.sub(sub("jwt"), text)
     text = _AUTH.sub(sub("bearer"), text)
+    text = _mask_pairs(text, hits)
     text = _mask_ibans(text, hits)
     return _DIGIT_RUN.sub(sub("pan"), text)
 

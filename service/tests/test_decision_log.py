@@ -76,7 +76,9 @@ def bundle(tmp_path: Path) -> Path:
 
 @contextmanager
 def serve(bundle: Path, *args: str) -> Iterator[ServerProcess]:
-    with running_server(["--no-watch", "--bundle", f"logs={bundle}", *args]) as srv:
+    # Decision logs are off by default: turned on here (a later `--decision-log` wins).
+    on = ["--decision-log", "stdout"]
+    with running_server(["--no-watch", "--bundle", f"logs={bundle}", *on, *args]) as srv:
         yield srv
 
 
@@ -540,6 +542,72 @@ def test_records_are_bounded_and_say_what_was_cut(bundle: Path) -> None:
     assert long_id["resource"]["id"] == "r" * 256 + "…" and long_id["truncated"] == ["resource"]
     for r in (dropped, cut, long_id):
         validate(r)
+
+
+def test_ids_are_cut_by_their_json_bytes_and_shrunk_last_to_fit_the_smallest_bound(
+    bundle: Path,
+) -> None:
+    # An astral character is a 12-byte escape in JSON: 256 of them in an id are 3 KB. Two
+    # such ids cut to 256 bytes each, with the rest of a record, still pass the smallest
+    # bound (1024) once the context is dropped: only shrinking the ids makes it fit.
+    astral = "\U0001f600" * 300
+    with serve(bundle, "--decision-log-max-record-bytes", "1024") as srv, srv.channel() as ch:
+        srv.stub(ch).Check(
+            check({"note": astral}, principal=("User", astral), resource=("Thing", astral))
+        )
+    lines = [line for line in srv.lines if line.startswith('{"v":')]
+    assert len(lines) == 1 and len(lines[0].encode()) <= 1024, len(lines[0].encode())
+    r = json.loads(lines[0])
+    assert {"principal", "resource"} <= set(r["truncated"])
+    assert r["principal"]["id"].startswith("\U0001f600") and r["principal"]["id"].endswith("…")
+    assert len(json.dumps(r["principal"]["id"])) < 256  # shrunk below the cut of an id
+    validate(r)
+
+
+def test_decision_logs_are_off_unless_turned_on(bundle: Path) -> None:
+    with (
+        running_server(["--no-watch", "--bundle", f"logs={bundle}"]) as srv,
+        srv.channel() as ch,
+    ):
+        assert srv.stub(ch).Check(check()).decision == pb.DECISION_ALLOW
+    assert records(srv.lines) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "written"),
+    [
+        ("a=1%26client_secret%3DS3CRET%26b%3D2", "a=1%26client_secret%3D<masked:secret>%26b%3D2"),
+        ('{"password": "S3CRET", "n": 1}', '{"password": "<masked:secret>", "n": 1}'),
+        ("user=bob; pwd: S3CRET, ok", "user=bob; pwd: <masked:secret>, ok"),
+        ("next=api_key=S3CRET", "next=api_key=<masked:secret>"),
+        ("Bearer%20S3CRET", "<masked:bearer>"),
+        ("at 12:30 key_count=3 tokens=40", "at 12:30 key_count=3 tokens=40"),  # no secret
+    ],
+)
+def test_secret_pairs_inside_strings_are_masked(text: str, written: str) -> None:
+    assert mask_text(text, []) == written
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 200_000,  # one long name: no separator ever follows
+        "a=" * 100_000,  # pairs whose names are no secret, each value the next name
+        "password=" * 50_000,  # secret names whose values are the next name
+        "x" + "%20" * 100_000,  # URL-encoded separators with no name
+        "Bearer" + "%20" * 100_000,  # a scheme whose credential never comes
+        "Bearer " * 50_000,
+        "key:" + " " * 100_000 + "x",
+        "%3D" * 100_000,
+    ],
+)
+def test_masking_a_long_adversarial_string_is_linear(text: str) -> None:
+    # Linear scans take milliseconds for 200 KB on a busy machine; a quadratic regex or
+    # rescan would take minutes (4e10 steps): a bound of seconds cannot confuse the two.
+    started = time.perf_counter()
+    hits: list[str] = []
+    mask_text(text, hits)
+    assert time.perf_counter() - started < 5.0
 
 
 def test_context_can_be_left_out_and_logs_switched_off(bundle: Path) -> None:

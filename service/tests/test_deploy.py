@@ -20,7 +20,7 @@ from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp._proto.v1 import value_pb2 as vpb
 
 from .metrics_support import metrics_port, scrape
-from .support import REPO, ServerProcess
+from .support import DOCS_BUNDLE, REPO, ServerProcess, running_server
 
 PROMETHEUS = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "pdp-dashboard.json"
@@ -71,7 +71,18 @@ def exported_names(families: dict[str, Any]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def exported(server: ServerProcess) -> set[str]:
+def logging_server() -> Iterator[ServerProcess]:
+    """A server with decision logs turned on (they are off by default), so the decision
+    log's counters are in its scrape."""
+    with running_server(
+        ["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch", "--decision-log", "stdout"]
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def exported(logging_server: ServerProcess) -> set[str]:
+    server = logging_server
     with server.channel() as ch:
         stub = pb_grpc.AuthorizationServiceStub(ch)
         uid = vpb.EntityUid
@@ -83,8 +94,8 @@ def exported(server: ServerProcess) -> set[str]:
         stub.CheckBatch(pb.CheckBatchRequest(tenant="docs", items=[item, item]))
         with pytest.raises(grpc.RpcError):
             stub.Check(pb.CheckRequest(tenant="no-such-tenant"))
-    # The decision cache's and the decision log's counters come from the same scrape: both
-    # are on by default.
+    # The decision cache's and the decision log's counters come from the same scrape (the
+    # cache is on by default, the log turned on above).
     return exported_names(scrape(metrics_port(server))) | PROMETHEUS_OWN
 
 
