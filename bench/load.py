@@ -111,7 +111,7 @@ def start_server(
     (transport_ab.py runs exported revisions through PYTHONPATH)."""
     pdp = Path(sys.executable).parent / "pdp"
     cmd = [str(pdp)] if pdp.exists() and env is None else [sys.executable, "-m", "pdp"]
-    cmd += ["serve", "--listen", f"{HOST}:{args.port}", "--no-watch", *(extra or [])]
+    cmd += ["serve", "--listen", f"{HOST}:{args.port}", "--no-watch"]
     # Metrics stay on (as deployed), on a free port: two runs must not fight over 9464.
     cmd += ["--metrics-listen", f"{HOST}:0"]
     if args.workers > 1:
@@ -121,6 +121,8 @@ def start_server(
     cmd += ["--decision-cache" if args.decision_cache else "--no-decision-cache"]
     if args.bundle:
         cmd += ["--bundle", str(args.bundle)]
+    # Last, so they win over the defaults above (e.g. --metrics-listen off).
+    cmd += [*(args.serve_arg or []), *(extra or [])]
     log_path = work / f"pdp-{stamp}.log"
     log(f"starting {' '.join(pin(args.server_cpu, cmd))}")
     with log_path.open("wb") as out:
@@ -504,6 +506,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="pdp serve --workers N (server CPU then counts the supervisor only; use with "
         "--server-cpu '' --loadgen-cpu '')",
+    )
+    p.add_argument(
+        "--serve-arg",
+        action="append",
+        metavar="ARG",
+        help="one more `pdp serve` argument (repeat), e.g. --serve-arg=--metrics-listen=off",
     )
     p.add_argument(
         "--decision-cache",

@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         port=0,
         workers=1,
         bundle=bundle,
+        decision_cache=False,
+        serve_arg=None,
     )
     os.sched_setaffinity(0, {1})
     base_env = {**os.environ, "PYTHONPATH": str(export(a.base, work))}
