@@ -31,6 +31,9 @@ from pdp.grpc.servicer import AuthorizationServicer  # noqa: E402
 
 
 class _NoContext:
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()  # no caller metadata (no traceparent)
+
     async def abort(self, code: Any, details: str) -> None:
         raise AssertionError(f"servicer aborted: {code} {details}")
 

@@ -143,6 +143,9 @@ def test_check_batch_40(benchmark: Any, engine: Engine, shape: str) -> None:
 class _NoContext:
     """Stands in for grpc.ServicerContext: only used on errors, which must not happen."""
 
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()  # no caller metadata (no traceparent)
+
     def abort(self, code: Any, details: str) -> None:
         raise AssertionError(f"servicer aborted: {code} {details}")
 
@@ -190,7 +193,7 @@ def test_cache_engine_check(benchmark: Any, bundle: Bundle, mode: str) -> None:
     [req] = scenario.check_inputs(s)
     other = check_input('User::"bob"', 'Action::"read"', 'Document::"doc-1"', context=req.context)
     engine = _engine_for(bundle, mode)
-    calls = iter(itertools.cycle([req] if mode == "hit" else [req, other]))
+    calls = iter(itertools.cycle([req] if mode == "hit" else [other, req]))  # req is cached
     engine.check("", req)
     result = benchmark(lambda: engine.check("", next(calls)))
     assert result.decision is ALLOW and result.cache_hit == (mode == "hit")
