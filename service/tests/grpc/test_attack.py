@@ -32,22 +32,24 @@ def test_unfinished_unary_messages_do_not_starve_the_worker_threads() -> None:
                 slow.pump_all()
                 time.sleep(0.05)
             assert slow.open_streams() == 4, slow.closed
-            try:
-                answer = stub.Check(check(), timeout=10)
-            except grpc.RpcError as exc:
-                raise AssertionError(
-                    f"4 unfinished Check messages starve a good Check: {exc.code()}"
-                ) from exc
-            assert answer.decision == pb.DECISION_ALLOW
+            still_answered(stub, "4 unfinished Check messages")
         finally:
             slow.close()
 
 
+def still_answered(stub: pb_grpc.AuthorizationServiceStub, holders: str) -> None:
+    """A good Check is still decided while `holders` hold their threads."""
+    try:
+        answer = stub.Check(check(), timeout=10)
+    except grpc.RpcError as exc:
+        raise AssertionError(f"{holders} starve a good Check: {exc.code()}") from exc
+    assert answer.decision == pb.DECISION_ALLOW
+
+
 def test_open_reflection_streams_do_not_starve_unary_calls() -> None:
-    # CheckStream is capped below `threads` so unary calls keep threads, but a reflection
-    # stream (ServerReflectionInfo, bidirectional, served by the same pool) holds a thread
-    # just the same and has no cap: `threads` idle reflection streams, opened by any stock
-    # gRPC client, leave no thread for Check.
+    # A reflection stream (ServerReflectionInfo, bidirectional, uncapped) holds a pool thread
+    # for as long as it is open; with a pool of `threads`, that many idle streams, opened by
+    # any stock gRPC client, left no thread for Check.
     import queue
 
     from grpc_reflection.v1alpha import reflection_pb2 as rpb
@@ -70,13 +72,7 @@ def test_open_reflection_streams_do_not_starve_unary_calls() -> None:
             next(call)  # the first answer: the stream is being served by a worker thread
             calls.append(call)
         try:
-            try:
-                answer = stub.Check(check(), timeout=10)
-            except grpc.RpcError as exc:
-                raise AssertionError(
-                    f"4 idle reflection streams starve a good Check: {exc.code()}"
-                ) from exc
-            assert answer.decision == pb.DECISION_ALLOW
+            still_answered(stub, "4 idle reflection streams")
         finally:
             for c in calls:
                 c.cancel()
