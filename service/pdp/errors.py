@@ -4,7 +4,10 @@
     ├── InvalidRequest      a request field is malformed or does not match the schema
     ├── UnknownTenant       no bundle is loaded for the named tenant
     ├── NotReady            no bundle is active yet, or the server is shutting down
-    └── BundleError         a bundle failed to load; carries every `BundleProblem`
+    ├── BundleError         a bundle failed to load; carries every `BundleProblem`
+    └── StoreUnavailable    the entity store cannot be read or written (e.g. its server is down)
+    InvalidRequest
+    └── EntityRejected      an entity store write refused (schema, cycle, cap): nothing written
 
 The gRPC adapter maps `Code` to a status in one table (`pdp.grpc.status`); nothing
 below it knows about gRPC.
@@ -84,3 +87,36 @@ class BundleError(PdpError):
         super().__init__(f"bundle {source} refused ({len(problems)} problem(s)):\n{lines}")
         self.source = source
         self.problems = problems
+
+
+# The entity store (`pdp.entity_store`).
+
+
+class EntityRejected(InvalidRequest):
+    """A write to the entity store was refused as a whole; nothing of it was written.
+
+    `field` is e.g. `upserts[3]` (or `upserts` for the write as a whole), `uid` the
+    entity's (type, id) where known, `reason` why (Cedar's message as Cedar gave it)."""
+
+    def __init__(
+        self,
+        field: str,
+        reason: str,
+        *,
+        index: int | None = None,
+        uid: tuple[str, str] | None = None,
+    ) -> None:
+        who = f"{uid[0]}::{_quoted(uid[1])}: " if uid is not None else ""
+        super().__init__(field, f"{who}{reason}", index)
+        self.uid = uid
+        self.cedar_reason = reason
+
+
+def _quoted(eid: str) -> str:
+    return '"' + eid.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class StoreUnavailable(PdpError):
+    """The entity store did not answer (a database down, a disk full): retry later."""
+
+    code = Code.UNAVAILABLE
