@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,10 +27,12 @@ import cedarpy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pdp.bundle_files import BundleFiles, read_bundle_files
+from pdp.entity_slice import BundleEntities
 from pdp.errors import BundleError, BundleProblem
 from pdp.model import BundleVersion
 from pdp.policy_index import Member, PolicyIndex, build_index, known_actions
 from pdp.policy_parse import ParsedFile, parse_files, policy_set_from, policy_set_of, validate
+from pdp.read_depth import DEFAULT_SLICE_DEPTH, read_literals, too_deep
 from pdp.trust import RequestEntityRule, RequestTrust, compile_trust
 
 MANIFEST = "manifest.json"
@@ -141,6 +143,11 @@ class Bundle:
     policies: Mapping[str, PolicySource]  # by cedar_id, templates included
     trust: RequestTrust  # which request entities this bundle accepts
     index: PolicyIndex | None = None  # None: every request is decided by the whole set
+    # The slices of a decision (`pdp.entity_slice`): the base entities by uid, the entity
+    # literals the policies read (in every slice), and the depth the policies stay within.
+    slice_entities: BundleEntities = field(default_factory=lambda: BundleEntities(()))
+    read_literals: frozenset[tuple[str, str]] = frozenset()
+    slice_depth: int = DEFAULT_SLICE_DEPTH
 
     def policy_id(self, cedar_id: str) -> str:
         src = self.policies.get(cedar_id)
@@ -155,11 +162,11 @@ class Bundle:
         return src is not None and src.effect == "permit" and not src.is_template
 
 
-def load_bundle(path: Path) -> Bundle:
-    return compile_bundle(read_bundle_files(path))
+def load_bundle(path: Path, slice_depth: int = DEFAULT_SLICE_DEPTH) -> Bundle:
+    return compile_bundle(read_bundle_files(path), slice_depth)
 
 
-def compile_bundle(files: BundleFiles) -> Bundle:
+def compile_bundle(files: BundleFiles, slice_depth: int = DEFAULT_SLICE_DEPTH) -> Bundle:
     problems: list[BundleProblem] = []
     manifest = _manifest(files, problems)
     schema = _schema(files, problems)
@@ -168,6 +175,7 @@ def compile_bundle(files: BundleFiles) -> Bundle:
     policies = _sources(parsed, problems)
     if schema is not None and (manifest is None or manifest.validation == "strict"):
         _validate(parsed, schema, policies, problems)
+    _depths(policies, slice_depth, problems)
     unlinked = _policy_set(parsed, problems)
     policy_set = _link(files, unlinked, policies, problems)
     entities = _entities(files, schema, problems) if schema is not None else None
@@ -191,7 +199,28 @@ def compile_bundle(files: BundleFiles) -> Bundle:
         policies,
         trust,
         index,
+        BundleEntities(json.loads(str(entities)), known_actions(schema)),
+        read_literals(s.est for s in policies.values()),
+        slice_depth,
     )
+
+
+def _depths(sources: Mapping[str, PolicySource], depth: int, problems: list[BundleProblem]) -> None:
+    """Refuse every policy that reads deeper than a decision's slice (`pdp.read_depth`):
+    decided on the slice, it would read an entity left out, and a missing entity makes
+    `in` false without an error, so a forbid would silently not apply."""
+    for src in sources.values():
+        reach = too_deep(src.est, depth)
+        if reach is not None:
+            problems.append(
+                BundleProblem(
+                    src.file,
+                    f"reads {reach.depth} entity hops deep ({reach.chain}), past the slice "
+                    f"depth {depth} (entity_slice_depth; a record field counts as a hop)",
+                    src.line,
+                    src.policy_id,
+                )
+            )
 
 
 def _index(

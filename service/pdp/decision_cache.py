@@ -44,17 +44,23 @@ Key = tuple[str, str, str, str, str, str, str, str, str, str, str]
 ENTRY_OVERHEAD = 1024
 
 
-def data_version(bundle: Bundle) -> str:
-    """The version of the entity data a decision against `bundle` reads.
+def data_version(bundle: Bundle, store_version: int) -> str:
+    """The version of the entity data a decision against `bundle` reads: the bundle's base
+    entities (which its digest covers) and the entity store's data version."""
+    return f"{bundle.version.digest}+{store_version}"
 
-    Today that is the bundle's base entities, which its digest covers; an entity store
-    would return its own data version here, and the key would follow it.
-    """
-    return bundle.version.digest
+
+def stored_under(key: Key, bundle: Bundle, store_version: int) -> Key:
+    """`key` with the store data version the decision actually read."""
+    return (key[0], key[1], data_version(bundle, store_version), *key[3:])
 
 
 def decision_key(
-    tenant: str, bundle: Bundle, request: CheckInput, memo: dict[str, str] | None = None
+    tenant: str,
+    bundle: Bundle,
+    request: CheckInput,
+    store_version: int = 0,
+    memo: dict[str, str] | None = None,
 ) -> Key | None:
     """The cache key of `request` against `bundle`, or None when it has no canonical form
     (then the decision is made without the cache). A batch passes one `memo` for all its
@@ -70,7 +76,7 @@ def decision_key(
     return (
         tenant,
         bundle.version.digest,
-        data_version(bundle),
+        data_version(bundle, store_version),
         p.type,
         p.id,
         a.type,
@@ -99,6 +105,7 @@ class Cached:
     determining_policies: tuple[str, ...]
     errors: tuple[PolicyError, ...]
     version: BundleVersion
+    data_version: int
 
     @staticmethod
     def of(result: CheckResult) -> Cached | None:
@@ -110,6 +117,7 @@ class Cached:
             tuple(result.determining_policies),
             tuple(result.errors),
             result.version,
+            result.data_version,
         )
 
     def result(self, decision_id: str) -> CheckResult:
@@ -120,6 +128,7 @@ class Cached:
             self.version,
             decision_id,
             cache_hit=True,
+            data_version=self.data_version,
         )
 
     def size(self) -> int:

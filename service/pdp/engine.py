@@ -20,17 +20,21 @@ from typing import Any
 import cedarpy
 
 from pdp.bundle import Bundle, locate_entity_errors
-from pdp.decision_cache import DecisionCache, decision_key
+from pdp.decision_cache import DecisionCache, decision_key, stored_under
+from pdp.entity_slice import Slice, SliceEntity, StoreSource, build_slice, entity_refs
+from pdp.entity_slice import request_entities as sliced_request_entities
+from pdp.entity_store.api import EntityStore
 from pdp.errors import InvalidRequest, NotReady, UnknownTenant
 from pdp.model import (
     DEFAULT_TENANT,
     CheckInput,
     CheckResult,
     Decision,
+    EntityRef,
     PolicyError,
     RequestEntities,
 )
-from pdp.trust import check_request_entities
+from pdp.trust import check_request_entities, request_items
 
 # Cedar names the policy of an evaluation error only in the message text. Bundle ids
 # hold no backtick (`pdp.bundle.ID_CHARS`), so the id is exactly the text up to the
@@ -63,10 +67,14 @@ class Engine:
     """
 
     def __init__(
-        self, snapshot: Snapshot | None = None, cache: DecisionCache | None = None
+        self,
+        snapshot: Snapshot | None = None,
+        cache: DecisionCache | None = None,
+        store: EntityStore | None = None,
     ) -> None:
         self._snapshot = snapshot
         self.cache = cache
+        self.store = store  # the entity store decisions slice, beside the bundle's entities
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -93,30 +101,43 @@ class Engine:
             raise UnknownTenant(tenant or DEFAULT_TENANT)
         return bundle
 
+    def _source(self, tenant: str) -> tuple[StoreSource | None, int]:
+        """The tenant's store and its data version, read fresh: a check that starts after
+        a write was acknowledged reads at least that write's version (read-your-writes)."""
+        if self.store is None:
+            return None, 0
+        source = StoreSource(self.store, tenant)
+        return source, self.store.data_version(tenant)
+
     def check(self, tenant: str, request: CheckInput, *, bypass_cache: bool = False) -> CheckResult:
         bundle = self.bundle(tenant)
+        name = tenant or DEFAULT_TENANT
+        source, version = self._source(name)
         cache = self.cache
         if cache is None:
-            return evaluate(bundle, [request])[0]
-        key = decision_key(tenant or DEFAULT_TENANT, bundle, request)
+            return evaluate(bundle, [request], store=source, data_version=version)[0]
+        key = decision_key(name, bundle, request, version)
         hit = None if key is None or bypass_cache else cache.get(key)
         if hit is not None:
             return hit.result(_decision_id())
-        result = evaluate(bundle, [request])[0]
+        result = evaluate(bundle, [request], store=source, data_version=version)[0]
         if key is not None:
-            cache.put(key, result)
+            # Under the version the decision read, which a write may have moved past the
+            # one the lookup used.
+            cache.put(stored_under(key, bundle, result.data_version), result)
         return result
 
     def check_batch(
         self, tenant: str, requests: Sequence[CheckInput], *, bypass_cache: bool = False
     ) -> list[CheckResult]:
         bundle = self.bundle(tenant)  # every request on the same snapshot
+        name = tenant or DEFAULT_TENANT
+        source, version = self._source(name)
         cache = self.cache
         if cache is None:
-            return _sliced(bundle, requests)
-        name = tenant or DEFAULT_TENANT
+            return _sliced(bundle, requests, source, version)
         memo: dict[str, str] = {}  # batch-level texts are canonicalised once
-        keys = [decision_key(name, bundle, r, memo) for r in requests]
+        keys = [decision_key(name, bundle, r, version, memo) for r in requests]
         results: list[CheckResult | None] = [None] * len(requests)
         misses: list[int] = []
         for i, key in enumerate(keys):
@@ -128,22 +149,24 @@ class Engine:
         if not misses:
             return [r for r in results if r is not None]
         try:
-            fresh = _sliced(bundle, [requests[i] for i in misses])
+            fresh = _sliced(bundle, [requests[i] for i in misses], source, version)
         except InvalidRequest:
             if len(misses) == len(requests):
                 raise
             # Raise the error a fresh evaluation of the whole batch raises: which item is
             # reported must not depend on what happens to be cached.
-            return _sliced(bundle, requests)
+            return _sliced(bundle, requests, source, version)
         for i, result in zip(misses, fresh, strict=True):
             key = keys[i]
             if key is not None:
-                cache.put(key, result)
+                cache.put(stored_under(key, bundle, result.data_version), result)
             results[i] = result
         return [r for r in results if r is not None]
 
 
-def _sliced(bundle: Bundle, requests: Sequence[CheckInput]) -> list[CheckResult]:
+def _sliced(
+    bundle: Bundle, requests: Sequence[CheckInput], source: StoreSource | None, version: int
+) -> list[CheckResult]:
     """Decide every request, BATCH_SLICE requests per cedarpy call: a cedarpy call holds
     the GIL for its whole length, so a large batch decided in one call would stall every
     other call of the process; between two slices the GIL can pass to them. The slices
@@ -152,7 +175,14 @@ def _sliced(bundle: Bundle, requests: Sequence[CheckInput]) -> list[CheckResult]
     results: list[CheckResult] = []
     for start in range(0, len(requests), BATCH_SLICE):
         chunk = requests[start : start + BATCH_SLICE]
-        results += evaluate(bundle, chunk, parsed=parsed, first_index=start)
+        results += evaluate(
+            bundle,
+            chunk,
+            parsed=parsed,
+            first_index=start,
+            store=source,
+            data_version=version,
+        )
     return results
 
 
@@ -163,8 +193,10 @@ def evaluate(
     parsed: dict[RequestEntities, Any] | None = None,
     first_index: int = 0,
     trust_request_entities: bool = False,
+    store: StoreSource | None = None,
+    data_version: int = 0,
 ) -> list[CheckResult]:
-    """Decide every request against one bundle, in order.
+    """Decide every request against one bundle (and the tenant's entity `store`), in order.
 
     Requests that share the same request entities share one parse of them, and
     each such group is decided in one cedarpy call. A caller deciding a batch in
@@ -174,28 +206,116 @@ def evaluate(
     Request entities must pass the bundle's rule (`pdp.trust`). Only a caller that
     wrote the entities on the bundle owners' behalf (the policy-test harness) passes
     `trust_request_entities=True`; the server never does.
+
+    With no request entities and a store never written (`data_version` 0, as read by the
+    caller), the bundle's parsed base is used whole: no copy, so it costs nothing however
+    many entities it holds. Otherwise each group is decided on a slice (`pdp.entity_slice`).
+    `parsed` caches the checked request entities of a batch by value.
     """
     groups: dict[RequestEntities | None, list[int]] = {}
     for i, req in enumerate(requests):
         groups.setdefault(req.entities, []).append(i)
     results: list[CheckResult | None] = [None] * len(requests)
     schema = bundle.schema if bundle.manifest.validate_requests else None
-    cache = {} if parsed is None else parsed
+    checked = {} if parsed is None else parsed
     contexts: dict[int, str] = {}  # a context shared by many requests is serialised once
     for delta, indices in groups.items():
-        if delta is None:
-            entities = bundle.entities
-        elif delta in cache:
-            entities = cache[delta]
-        else:
-            at = first_index + indices[0]
-            if not trust_request_entities:
-                check_request_entities(bundle.trust, delta, at)
-            entities = cache[delta] = _entities(bundle, delta, at)
         batch = [_cedar_request(requests[i], contexts) for i in indices]
-        for i, outcome in zip(indices, _authorize(batch, bundle, entities, schema), strict=True):
-            results[i] = _result(bundle, outcome, first_index + i)
+        at = first_index + indices[0]
+        read = 0
+        if delta is None and data_version == 0:
+            entities: Any = bundle.entities
+        else:
+            extra: dict[tuple[str, str], SliceEntity] = {}
+            if delta is not None:
+                if delta not in checked:
+                    if not trust_request_entities:
+                        check_request_entities(bundle.trust, delta, at)
+                    checked[delta] = sliced_request_entities(request_items(delta, at), at)
+                extra = checked[delta]
+            seeds = _seeds(bundle, batch, [requests[i] for i in indices])
+            piece = build_slice(bundle.slice_entities, store, seeds, bundle.slice_depth, extra)
+            if delta is not None:
+                _check_against_slice(bundle, piece, extra, at, trust_request_entities)
+            read = piece.data_version
+            entities = _slice_entities(bundle, piece, delta, at)
+        if entities is None:  # the stored entities no longer fit the schema: fail closed
+            outcomes = [_STORE_FAULT] * len(batch)
+        else:
+            outcomes = _authorize(batch, bundle, entities, schema)
+        for i, outcome in zip(indices, outcomes, strict=True):
+            results[i] = _result(bundle, outcome, first_index + i, read)
     return [r for r in results if r is not None]
+
+
+_STORE_FAULT: dict[str, Any] = {
+    "decision": "Deny",
+    "diagnostics": {
+        "errors": ["evaluation failed: the stored entities do not match the bundle's schema"]
+    },
+}
+
+
+def _seeds(
+    bundle: Bundle, batch: Sequence[Mapping[str, Any]], requests: Sequence[CheckInput]
+) -> set[tuple[str, str]]:
+    """Where the slice starts: the requests' principal, action, resource and the entities
+    their contexts name, and the entity literals the policies read."""
+    seeds = set(bundle.read_literals)
+    for cedar, req in zip(batch, requests, strict=True):
+        for part in ("principal", "action", "resource"):
+            uid = cedar[part]
+            seeds.add((uid["type"], uid["id"]))
+        context = req.context
+        if isinstance(context, str):
+            if context not in ("", "{}"):
+                try:
+                    context = json.loads(context)
+                except ValueError:
+                    continue  # Cedar refuses it below, naming the context
+            else:
+                continue
+        seeds.update(entity_refs(context))
+    return seeds
+
+
+def _check_against_slice(
+    bundle: Bundle,
+    piece: Slice,
+    extra: Mapping[tuple[str, str], SliceEntity],
+    index: int,
+    trusted: bool,
+) -> None:
+    """Stored entities are authoritative like the bundle's (`pdp.trust`): a request entity
+    may not redefine a base or stored entity, nor (unless the manifest trusts the caller)
+    define one that a slice entity names without its source defining it, which would graft
+    facts onto the stored graph (a made-up group that a stored user is in)."""
+    for i, uid in enumerate(extra):
+        if uid in bundle.slice_entities.entities:
+            why = "is a base entity (request entities may not redefine it)"
+        elif uid in piece.stored:
+            why = "is a stored entity (request entities may not redefine it)"
+        elif not trusted and uid in piece.named:
+            why = "is named by a stored entity without being defined there (a request may not "
+            why += "define it)"
+        else:
+            continue
+        raise InvalidRequest(f"entities[{i}]", f"{EntityRef(*uid)}: {why}", index)
+
+
+def _slice_entities(bundle: Bundle, piece: Slice, delta: RequestEntities | None, index: int) -> Any:
+    """The slice parsed with the schema; None when its stored part does not parse (a new
+    schema refuses what was written under the old one)."""
+    try:
+        return cedarpy.Entities.from_json_str(piece.text, bundle.schema)
+    except ValueError as exc:
+        if delta is None:
+            return None
+        try:
+            cedarpy.Entities.from_json_str(piece.sources, bundle.schema)
+        except ValueError:
+            return None
+        raise _request_entity_error(bundle, delta, exc, index) from exc
 
 
 def _cedar_request(req: CheckInput, contexts: dict[int, str]) -> dict[str, Any]:
@@ -215,21 +335,14 @@ def _cedar_request(req: CheckInput, contexts: dict[int, str]) -> dict[str, Any]:
     }
 
 
-def _entities(bundle: Bundle, delta: RequestEntities, index: int) -> Any:
-    try:
-        if bundle.entity_count == 0:
-            return cedarpy.Entities.from_json_str(delta.json, bundle.schema)
-        # A disjoint union: a request may add entities but never redefine a base
-        # entity (that would let a caller rewrite its own group memberships).
-        return bundle.entities.with_added_json_str(delta.json, bundle.schema)
-    except ValueError as exc:
-        problems = locate_entity_errors("entities", delta.json, bundle.schema, str(exc))
-        detail = "; ".join(
-            f"{p.message} (line {p.line})" if p.line and p.line > 1 else p.message for p in problems
-        )
-        if "duplicate" in str(exc):
-            detail = f"{exc} (request entities may not redefine base entities)"
-        raise InvalidRequest("entities", detail, index) from exc
+def _request_entity_error(
+    bundle: Bundle, delta: RequestEntities, exc: ValueError, index: int
+) -> InvalidRequest:
+    problems = locate_entity_errors("entities", delta.json, bundle.schema, str(exc))
+    detail = "; ".join(
+        f"{p.message} (line {p.line})" if p.line and p.line > 1 else p.message for p in problems
+    )
+    return InvalidRequest("entities", detail, index)
 
 
 def _authorize(
@@ -263,7 +376,9 @@ def _decide(
         return [fault] * len(batch)
 
 
-def _result(bundle: Bundle, outcome: Mapping[str, Any], index: int) -> CheckResult:
+def _result(
+    bundle: Bundle, outcome: Mapping[str, Any], index: int, data_version: int = 0
+) -> CheckResult:
     diagnostics = outcome.get("diagnostics") or {}
     raw_errors: list[str] = list(diagnostics.get("errors") or [])
     verdict = outcome.get("decision")
@@ -294,6 +409,7 @@ def _result(bundle: Bundle, outcome: Mapping[str, Any], index: int) -> CheckResu
         errors=[PolicyError(bundle.policy_id(c) if c else "", m) for c, m in errored],
         version=bundle.version,
         decision_id=_decision_id(),
+        data_version=data_version,
     )
 
 

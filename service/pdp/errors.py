@@ -120,3 +120,19 @@ class StoreUnavailable(PdpError):
     """The entity store did not answer (a database down, a disk full): retry later."""
 
     code = Code.UNAVAILABLE
+
+
+# The EntityService and the decision path's slices of the store (`pdp.entity_slice`).
+
+
+class EntityNotFound(PdpError):
+    """EntityService.Get of an entity the tenant's store does not hold."""
+
+    code = Code.NOT_FOUND
+
+
+class SliceFailed(PdpError):
+    """The entities of a decision could not be read consistently (writes kept landing
+    between the reads of one slice): the check is not decided; retry."""
+
+    code = Code.UNAVAILABLE

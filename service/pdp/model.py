@@ -87,3 +87,4 @@ class CheckResult:
     version: BundleVersion
     decision_id: str
     cache_hit: bool = False  # answered from the decision cache
+    data_version: int = 0  # the entity store data version the decision read

@@ -20,6 +20,7 @@ from pdp.engine import Engine, Snapshot
 from pdp.errors import BundleError, BundleProblem
 from pdp.metrics import Metrics, NoMetrics
 from pdp.model import BundleVersion
+from pdp.read_depth import DEFAULT_SLICE_DEPTH
 from pdp.tenants import BundleSources, TenantSource
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,14 @@ class TenantStatus:
 
 class Reloader:
     def __init__(
-        self, engine: Engine, sources: BundleSources, metrics: Metrics | None = None
+        self,
+        engine: Engine,
+        sources: BundleSources,
+        metrics: Metrics | None = None,
+        slice_depth: int = DEFAULT_SLICE_DEPTH,
     ) -> None:
         self._engine = engine
+        self._slice_depth = slice_depth  # policies reading deeper are refused
         self._metrics = metrics or NoMetrics()
         self._sources = sources
         self._lock = threading.Lock()  # one reload at a time; swaps never interleave
@@ -128,7 +134,7 @@ class Reloader:
         if previous is not None and previous.version.digest == files.digest:
             bundle = previous  # unchanged content: keep the parsed handles
         else:
-            bundle = compile_bundle(files)
+            bundle = compile_bundle(files, self._slice_depth)
             log.info(
                 "tenant %s: serving bundle %s version %s (%s) from %s (%s)",
                 tenant,

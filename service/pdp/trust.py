@@ -127,15 +127,7 @@ def check_request_entities(trust: RequestTrust, delta: RequestEntities, index: i
     # A repeated key ({"uid": A, "uid": B}) reads as B here; Cedar refuses every repeated
     # field of an entity, uid or parent, so a request cannot pass this check as B and be
     # evaluated as A (test_trust: test_a_repeated_key_cannot_smuggle_an_entity).
-    items = delta.items
-    if items is None:  # not parsed by the adapter (e.g. in-process callers)
-        try:
-            items = json.loads(delta.json)
-        except ValueError as exc:
-            raise InvalidRequest("entities", f"not valid JSON: {exc}", index) from exc
-    if not isinstance(items, list):
-        raise InvalidRequest("entities", "must be a JSON list of Cedar entities", index)
-    for i, item in enumerate(items):
+    for i, item in enumerate(request_items(delta, index)):
         # The hot loop: plain tuples, and field names formatted only for an error.
         if type(item) is not dict:
             raise InvalidRequest(f"entities[{i}]", "must be a JSON object (a Cedar entity)", index)
@@ -157,6 +149,19 @@ def check_request_entities(trust: RequestTrust, delta: RequestEntities, index: i
                     f"of type {uid[0]} (request_entities.{uid[0]}.parents allows: {may})",
                     index,
                 )
+
+
+def request_items(delta: RequestEntities, index: int) -> list[Any]:
+    """The request entities as a parsed list, or InvalidRequest naming `entities`."""
+    items = delta.items
+    if items is None:  # not parsed by the adapter (e.g. in-process callers)
+        try:
+            items = json.loads(delta.json)
+        except ValueError as exc:
+            raise InvalidRequest("entities", f"not valid JSON: {exc}", index) from exc
+    if not isinstance(items, list):
+        raise InvalidRequest("entities", "must be a JSON list of Cedar entities", index)
+    return items
 
 
 def _refuse_entity(trust: RequestTrust, at: str, uid: Uid, index: int) -> NoReturn:

@@ -45,12 +45,31 @@ def _lenient(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
     return deserialize
 
 
+Unary = dict[str, tuple[Any, type[Message], type[Message]]]  # name -> (method, req, resp)
+
+
 def add_authorization_service(servicer: Any, server: grpc.Server) -> None:
     """Like the generated `add_AuthorizationServiceServicer_to_server`, decoding leniently."""
-    methods: dict[str, tuple[Any, type[Message], type[Message]]] = {
+    methods: Unary = {
         "Check": (servicer.Check, pb.CheckRequest, pb.CheckResponse),
         "CheckBatch": (servicer.CheckBatch, pb.CheckBatchRequest, pb.CheckBatchResponse),
     }
+    stream = grpc.stream_stream_rpc_method_handler(
+        servicer.CheckStream,
+        request_deserializer=_lenient(pb.CheckRequest),
+        response_serializer=pb.CheckStreamResponse.SerializeToString,
+    )
+    service = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
+    add_unary_service(server, service, methods, {"CheckStream": stream})
+
+
+def add_unary_service(
+    server: grpc.Server,
+    service: str,
+    methods: Unary,
+    others: dict[str, grpc.RpcMethodHandler[Any, Any]] | None = None,
+) -> None:
+    """Register `service`'s unary `methods` (and any `others`), decoding leniently."""
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             method,
@@ -59,12 +78,7 @@ def add_authorization_service(servicer: Any, server: grpc.Server) -> None:
         )
         for name, (method, request, response) in methods.items()
     }
-    handlers["CheckStream"] = grpc.stream_stream_rpc_method_handler(
-        servicer.CheckStream,
-        request_deserializer=_lenient(pb.CheckRequest),
-        response_serializer=pb.CheckStreamResponse.SerializeToString,
-    )
-    service = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
+    handlers.update(others or {})
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     # As the generated code does: registered methods skip the generic lookup per call (the
     # grpc stubs do not declare it on grpc.Server yet).
