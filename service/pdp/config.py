@@ -233,6 +233,31 @@ class Settings(BaseSettings):
                 raise ValueError("; ".join(conflicts[t] for t in sorted(conflicts)))
         return v
 
+    # The entity store (`pdp.entity_store`, issue 9): entities the PDP holds per tenant.
+    entity_store_url: str | None = None
+    """None: SQLite at `data_dir`/entities.sqlite3; `sqlite:///PATH`; or `postgresql://...`
+    (a store replicas share)."""
+
+    data_dir: Path = Path("data")
+    """Where the PDP keeps its state (the SQLite entity store), created on first start."""
+
+    entity_slice_depth: int = Field(2, ge=0, le=8)
+    """Hops of attribute references a check's entity slice follows from the principal,
+    action and resource (their ancestors always come with them)."""
+
+    entity_write_max_entities: int = Field(10_000, ge=1, le=1_000_000)
+    """Upserts plus deletes in one entity store write; more is INVALID_ARGUMENT."""
+
+    entity_max_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
+    """Largest stored entity, as compact Cedar JSON; larger is INVALID_ARGUMENT."""
+
+    @field_validator("entity_store_url")
+    @classmethod
+    def _check_store_url(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///PATH or postgresql://...")
+        return v
+
     @property
     def check_streams(self) -> int:
         """`max_check_streams`, or its default."""

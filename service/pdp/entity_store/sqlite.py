@@ -1,0 +1,119 @@
+"""The embedded entity store: one SQLite file in WAL mode, created on first use.
+
+Durability: `synchronous=FULL`. In WAL mode NORMAL syncs the log only at checkpoints, so a
+commit survives a crash of the process but not of the machine (power loss, kernel panic):
+an acknowledged write could vanish. FULL syncs the log at every commit, so a write is on
+disk before `write` returns; it costs one fsync per write (batch writes to amortise it).
+
+Threads: a connection per thread (sqlite3 connections must not be shared); WAL lets
+readers read their snapshot while one writer writes, so a slice never waits for a write.
+Writers take the lock up front (`BEGIN IMMEDIATE`), so two writers never deadlock
+upgrading from a read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+from pdp.entity_store.api import StoredEntity, StoreLimits
+from pdp.entity_store.sql import Backend, Tx, read_export, transaction
+from pdp.errors import StoreUnavailable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    tenant TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entities (
+    tenant TEXT NOT NULL, uid TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL,
+    attrs TEXT NOT NULL, parents TEXT NOT NULL,
+    PRIMARY KEY (tenant, uid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entities_by_type ON entities (tenant, type, id);
+CREATE TABLE IF NOT EXISTS edges (
+    tenant TEXT NOT NULL, child TEXT NOT NULL, parent TEXT NOT NULL,
+    PRIMARY KEY (tenant, child, parent)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS closure (
+    tenant TEXT NOT NULL, descendant TEXT NOT NULL, ancestor TEXT NOT NULL,
+    PRIMARY KEY (tenant, descendant, ancestor)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS closure_by_ancestor ON closure (tenant, ancestor, descendant);
+CREATE TABLE IF NOT EXISTS refs (
+    tenant TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL,
+    PRIMARY KEY (tenant, source, target)) WITHOUT ROWID;
+"""
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class SqliteEntityStore(Backend):
+    def __init__(self, path: Path, limits: StoreLimits | None = None) -> None:
+        self.path = path
+        self.limits = limits or StoreLimits()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connection()
+        with self._errors():
+            conn.executescript(SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("entity store: closed")
+            with self._errors():
+                conn = self._connect()
+            self._connections.append(conn)
+        self._local.conn = conn
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; each method opens its own.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"entity store {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _tx(self, begin: str, conn: sqlite3.Connection | None = None) -> Iterator[Tx]:
+        conn = conn or self._connection()
+        with self._errors(), transaction(conn.cursor(), begin, percent=False) as tx:
+            yield tx
+
+    def _read(self) -> AbstractContextManager[Tx]:
+        # A deferred transaction reads one snapshot from its first SELECT to its end.
+        return self._tx("BEGIN")
+
+    def _write(self, tenant: str) -> AbstractContextManager[Tx]:
+        return self._tx("BEGIN IMMEDIATE")
+
+    def export(self, tenant: str) -> Iterator[StoredEntity]:
+        # Its own connection: the generator holds its snapshot while the caller consumes
+        # it, and must not leave this thread's connection inside a transaction.
+        with self._errors():
+            conn = self._connect()
+        try:
+            with self._tx("BEGIN", conn) as tx:
+                yield from read_export(tx, tenant)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
