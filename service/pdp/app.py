@@ -25,7 +25,9 @@ from pdp.config import Settings
 from pdp.decision_cache import DecisionCache
 from pdp.decision_log import DecisionLogger, decision_logger
 from pdp.engine import Engine
+from pdp.entity_store import store_from_settings
 from pdp.grpc.convert import Limits
+from pdp.grpc.entity_servicer import EntityServicer
 from pdp.grpc.server import PdpServer
 from pdp.metrics import Metrics, NoMetrics, multiprocess_dir
 from pdp.metrics_server import MetricsListener, process_registry
@@ -54,7 +56,10 @@ class App:
         self.reuse_port = reuse_port  # a `--workers` sibling shares the port
         # Started by `run`, so only a process that serves has an exporter thread.
         self.start_tracing = tracing
-        self.engine = Engine(cache=_decision_cache(settings))
+        # Opened (and on first start created) here: a bad store URL or an unwritable data
+        # directory fails before any port opens.
+        self.store = store_from_settings(settings)
+        self.engine = Engine(cache=_decision_cache(settings), store=self.store)
         self.sources = settings.bundle_sources()
         # A `--workers` worker records into the supervisor's shared-memory directory and
         # the supervisor serves the scrape; a single process serves its own.
@@ -71,7 +76,9 @@ class App:
                 ("hits", "misses", "evictions"),
                 {"entries": "entries", "bytes": "bytes"},
             )
-        self.reloader = Reloader(self.engine, self.sources, self.metrics)
+        self.reloader = Reloader(
+            self.engine, self.sources, self.metrics, settings.entity_slice_depth
+        )
         self._server: PdpServer | None = None
         self.decision_log: DecisionLogger | None = None
         self._stop = asyncio.Event()
@@ -136,6 +143,7 @@ class App:
             tracing=tracing,
             decision_log=self.decision_log,
             metrics=self.metrics,
+            entity_service=self._entity_service(tracing),
         )
         self._server = server
         self._update_health()  # before the first call: the health servicer starts SERVING
@@ -168,7 +176,19 @@ class App:
                 if self.decision_log is not None:
                     # Every answered call's records are written before the process exits.
                     await asyncio.to_thread(self.decision_log.close)
+                self.store.close()
         log.info("stopped")
+
+    def _entity_service(self, tracing: Tracing) -> EntityServicer | None:
+        if not self.settings.entity_service:
+            return None
+        return EntityServicer(
+            self.engine,
+            self.store,
+            max_write_entities=self.settings.entity_write_max_entities,
+            tracing=tracing,
+            metrics=self.metrics,
+        )
 
     @contextlib.contextmanager
     def _metrics_exported(self) -> Iterator[None]:

@@ -258,6 +258,11 @@ class Settings(BaseSettings):
             raise ValueError("must be sqlite:///PATH or postgresql://...")
         return v
 
+    # The EntityService (`pdp.grpc.entity_servicer`, issue 9): the store's writes and reads.
+    entity_service: bool = True
+    """Serve pdp.v1.EntityService on the decision port. Its writes are what decisions trust:
+    it is to move to the admin port, behind admin authentication (issue 10)."""
+
     @property
     def check_streams(self) -> int:
         """`max_check_streams`, or its default."""

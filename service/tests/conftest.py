@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 
 import grpc
@@ -14,6 +15,8 @@ from .support import DOCS_BUNDLE, REPO, ServerProcess, running_server
 # Every server a test starts (and its `--workers` supervisor) serves metrics on a free port:
 # the default 127.0.0.1:9464 would be taken by the first one, or by another checkout's run.
 os.environ.setdefault("PDP_METRICS_LISTEN", "127.0.0.1:0")
+# ...and keeps its entity store in this run's own directory, not in the checkout's ./data.
+os.environ.setdefault("PDP_DATA_DIR", tempfile.mkdtemp(prefix="pdp-test-data-"))
 
 # CI runs the same examples every time: a property failure there is reproducible, not luck.
 settings.register_profile("ci", derandomize=True, database=None)
