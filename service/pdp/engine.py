@@ -21,7 +21,14 @@ import cedarpy
 
 from pdp.bundle import Bundle, locate_entity_errors
 from pdp.decision_cache import DecisionCache, decision_key, stored_under
-from pdp.entity_slice import Slice, SliceEntity, StoreSource, build_slice, entity_refs
+from pdp.entity_slice import (
+    Slice,
+    SliceCache,
+    SliceEntity,
+    StoreSource,
+    build_slice,
+    entity_refs,
+)
 from pdp.entity_slice import request_entities as sliced_request_entities
 from pdp.entity_store.api import EntityStore
 from pdp.errors import InvalidRequest, NotReady, UnknownTenant
@@ -75,6 +82,7 @@ class Engine:
         self._snapshot = snapshot
         self.cache = cache
         self.store = store  # the entity store decisions slice, beside the bundle's entities
+        self.slices = SliceCache()  # slices read, by data version (`pdp.entity_slice`)
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -115,12 +123,16 @@ class Engine:
         source, version = self._source(name)
         cache = self.cache
         if cache is None:
-            return evaluate(bundle, [request], store=source, data_version=version)[0]
+            return evaluate(
+                bundle, [request], store=source, data_version=version, slices=self.slices
+            )[0]
         key = decision_key(name, bundle, request, version)
         hit = None if key is None or bypass_cache else cache.get(key)
         if hit is not None:
             return hit.result(_decision_id())
-        result = evaluate(bundle, [request], store=source, data_version=version)[0]
+        result = evaluate(
+            bundle, [request], store=source, data_version=version, slices=self.slices
+        )[0]
         if key is not None:
             # Under the version the decision read, which a write may have moved past the
             # one the lookup used.
@@ -135,7 +147,7 @@ class Engine:
         source, version = self._source(name)
         cache = self.cache
         if cache is None:
-            return _sliced(bundle, requests, source, version)
+            return _sliced(bundle, requests, source, version, self.slices)
         memo: dict[str, str] = {}  # batch-level texts are canonicalised once
         keys = [decision_key(name, bundle, r, version, memo) for r in requests]
         results: list[CheckResult | None] = [None] * len(requests)
@@ -149,13 +161,13 @@ class Engine:
         if not misses:
             return [r for r in results if r is not None]
         try:
-            fresh = _sliced(bundle, [requests[i] for i in misses], source, version)
+            fresh = _sliced(bundle, [requests[i] for i in misses], source, version, self.slices)
         except InvalidRequest:
             if len(misses) == len(requests):
                 raise
             # Raise the error a fresh evaluation of the whole batch raises: which item is
             # reported must not depend on what happens to be cached.
-            return _sliced(bundle, requests, source, version)
+            return _sliced(bundle, requests, source, version, self.slices)
         for i, result in zip(misses, fresh, strict=True):
             key = keys[i]
             if key is not None:
@@ -165,7 +177,11 @@ class Engine:
 
 
 def _sliced(
-    bundle: Bundle, requests: Sequence[CheckInput], source: StoreSource | None, version: int
+    bundle: Bundle,
+    requests: Sequence[CheckInput],
+    source: StoreSource | None,
+    version: int,
+    slices: SliceCache,
 ) -> list[CheckResult]:
     """Decide every request, BATCH_SLICE requests per cedarpy call: a cedarpy call holds
     the GIL for its whole length, so a large batch decided in one call would stall every
@@ -182,6 +198,7 @@ def _sliced(
             first_index=start,
             store=source,
             data_version=version,
+            slices=slices,
         )
     return results
 
@@ -195,6 +212,7 @@ def evaluate(
     trust_request_entities: bool = False,
     store: StoreSource | None = None,
     data_version: int = 0,
+    slices: SliceCache | None = None,
 ) -> list[CheckResult]:
     """Decide every request against one bundle (and the tenant's entity `store`), in order.
 
@@ -210,7 +228,8 @@ def evaluate(
     With no request entities and a store never written (`data_version` 0, as read by the
     caller), the bundle's parsed base is used whole: no copy, so it costs nothing however
     many entities it holds. Otherwise each group is decided on a slice (`pdp.entity_slice`).
-    `parsed` caches the checked request entities of a batch by value.
+    `parsed` caches the checked request entities of a batch by value; `slices` (the
+    engine's) the slices read, by data version.
     """
     groups: dict[RequestEntities | None, list[int]] = {}
     for i, req in enumerate(requests):
@@ -234,11 +253,14 @@ def evaluate(
                     checked[delta] = sliced_request_entities(request_items(delta, at), at)
                 extra = checked[delta]
             seeds = _seeds(bundle, batch, [requests[i] for i in indices])
-            piece = build_slice(bundle.slice_entities, store, seeds, bundle.slice_depth, extra)
+            memo = None if slices is None else (slices, bundle.version.digest, data_version)
+            piece = build_slice(
+                bundle.slice_entities, store, seeds, bundle.slice_depth, extra, memo
+            )
             if delta is not None:
                 _check_against_slice(bundle, piece, extra, at, trust_request_entities)
             read = piece.data_version
-            entities = _slice_entities(bundle, piece, delta, at)
+            entities = _slice_entities(bundle, piece, extra, delta, at)
         if entities is None:  # the stored entities no longer fit the schema: fail closed
             outcomes = [_STORE_FAULT] * len(batch)
         else:
@@ -303,11 +325,20 @@ def _check_against_slice(
         raise InvalidRequest(f"entities[{i}]", f"{EntityRef(*uid)}: {why}", index)
 
 
-def _slice_entities(bundle: Bundle, piece: Slice, delta: RequestEntities | None, index: int) -> Any:
-    """The slice parsed with the schema; None when its stored part does not parse (a new
-    schema refuses what was written under the old one)."""
+def _slice_entities(
+    bundle: Bundle,
+    piece: Slice,
+    extra: Mapping[tuple[str, str], SliceEntity],
+    delta: RequestEntities | None,
+    index: int,
+) -> Any:
+    """The slice parsed with the schema (without request entities, parsed once per cached
+    slice); None when its stored part does not parse (a new schema refuses what was
+    written under the old one)."""
+    if not extra and piece.parsed:
+        return piece.parsed[0]
     try:
-        return cedarpy.Entities.from_json_str(piece.text, bundle.schema)
+        entities = cedarpy.Entities.from_json_str(piece.text(extra), bundle.schema)
     except ValueError as exc:
         if delta is None:
             return None
@@ -316,6 +347,9 @@ def _slice_entities(bundle: Bundle, piece: Slice, delta: RequestEntities | None,
         except ValueError:
             return None
         raise _request_entity_error(bundle, delta, exc, index) from exc
+    if not extra:
+        piece.parsed[:] = [entities]  # one list assignment: racing threads store equals
+    return entities
 
 
 def _cedar_request(req: CheckInput, contexts: dict[int, str]) -> dict[str, Any]:

@@ -19,8 +19,10 @@ again, until nothing is missing. Since the bundle refuses policies that read pas
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pdp.entity_store.api import EntitySlice, EntityStore, StoredEntity
@@ -70,13 +72,66 @@ class BundleEntities:
 
 @dataclass(frozen=True)
 class Slice:
-    """The entities of one decision, as one Cedar JSON list text, and what it read."""
+    """The bundle's and the store's entities of one decision (without the request's), as
+    one Cedar JSON list text, and what it read. The same for every request that starts
+    from the same uids at the same data version, so it may be cached (`SliceCache`)."""
 
-    text: str
-    sources: str  # the same without the request entities
+    sources: str
     data_version: int  # of the store, 0 without one
     stored: frozenset[Uid]  # the uids that came from the store
-    named: frozenset[Uid]  # uids the slice's source entities name (parent, attribute)
+    named: frozenset[Uid]  # uids the slice's entities name (parent, attribute), undefined
+    # Its parse, where no request entities join it (filled by the engine, once).
+    parsed: list[Any] = field(default_factory=list, compare=False)
+
+    def text(self, request: Mapping[Uid, SliceEntity]) -> str:
+        """The slice with the request entities, as one Cedar JSON list."""
+        if not request:
+            return self.sources
+        joined = ",".join(e.text for e in request.values())
+        return f"[{joined}]" if self.sources == "[]" else f"{self.sources[:-1]},{joined}]"
+
+
+SliceKey = tuple[str, str, int, int, frozenset[Uid]]  # tenant, bundle digest, version, depth
+
+
+class SliceCache:
+    """Slices already read, keyed by everything they depend on: the tenant, the bundle (its
+    digest), the store's data version, the depth and the uids the slice starts from. A
+    write changes the data version, so a cached slice is one a fresh read would return.
+    Least recently used first out, bounded by entries and by the bytes of their texts."""
+
+    def __init__(self, max_entries: int = 4096, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[SliceKey, Slice] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: SliceKey) -> Slice | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return found
+
+    def put(self, key: SliceKey, piece: Slice) -> None:
+        size = len(piece.sources) + 64 * len(key[4])
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old.sources) + 64 * len(key[4])
+            self._entries[key] = piece
+            self._bytes += size
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                gone_key, gone = self._entries.popitem(last=False)
+                self._bytes -= len(gone.sources) + 64 * len(gone_key[4])
 
 
 @dataclass(frozen=True)
@@ -93,27 +148,35 @@ def build_slice(
     seeds: Iterable[Uid],
     depth: int,
     request: Mapping[Uid, SliceEntity] | None = None,
+    cached: tuple[SliceCache, str, int] | None = None,
 ) -> Slice:
-    """The slice for `seeds` (and the request entities, which are in it as given)."""
+    """The slice for `seeds` and for what the request entities name (their uids, parents
+    and references). `cached` is (cache, bundle digest, the store's data version as just
+    read): a slice of that version is looked up there first, and one read is stored under
+    the version it read."""
     wanted = set(seeds)
-    extra = request or {}
-    wanted.update(extra)
-    for entity in extra.values():
+    for uid, entity in (request or {}).items():
+        wanted.add(uid)
         wanted.update(entity.parents)
         wanted.update(entity.refs)
+    tenant = "" if source is None else source.tenant
+    frozen = frozenset(wanted)
+    if cached is not None:
+        cache, digest, version = cached
+        hit = cache.get((tenant, digest, version, depth, frozen))
+        if hit is not None:
+            return hit
     for _ in range(MAX_RESTARTS):
-        built = _build(bundle, source, wanted, depth, extra)
+        built = _build(bundle, source, wanted, depth)
         if built is not None:
+            if cached is not None:
+                cache.put((tenant, digest, built.data_version, depth, frozen), built)
             return built
     raise SliceFailed("entity store: writes kept landing while the slice was read")
 
 
 def _build(
-    bundle: BundleEntities,
-    source: StoreSource | None,
-    seeds: set[Uid],
-    depth: int,
-    request: Mapping[Uid, SliceEntity],
+    bundle: BundleEntities, source: StoreSource | None, seeds: set[Uid], depth: int
 ) -> Slice | None:
     """One attempt; None when the store's data version moved between two reads."""
     present: dict[Uid, SliceEntity] = {}
@@ -159,7 +222,7 @@ def _build(
     if not from_store(sorted(seeds), depth):
         return None
     for _ in range(MAX_ROUNDS):
-        needs = _missing(present, request, seeds, depth)
+        needs = _missing(present, seeds, depth)
         bundle_asks = [u for u in needs if u not in asked_bundle]
         from_bundle(bundle_asks)
         store_asks: dict[int, list[Uid]] = {}
@@ -174,33 +237,23 @@ def _build(
     else:
         raise SliceFailed(f"entity store: the slice did not close within {MAX_ROUNDS} rounds")
     named: set[Uid] = set()
-    for uid, entity in present.items():
-        if uid not in request:
-            named.update(entity.parents)
-            named.update(entity.refs)
+    for entity in present.values():
+        named.update(entity.parents)
+        named.update(entity.refs)
     if source is not None and version is None:
         version = source.store.data_version(source.tenant)
-    texts = [e.text for u, e in present.items() if u not in request]
-    sources = "[" + ",".join(texts) + "]"
-    texts += [e.text for e in request.values()]
     return Slice(
-        "[" + ",".join(texts) + "]",
-        sources,
+        "[" + ",".join(e.text for e in present.values()) + "]",
         version or 0,
         frozenset(stored),
         frozenset(named - present.keys()),
     )
 
 
-def _missing(
-    present: Mapping[Uid, SliceEntity],
-    request: Mapping[Uid, SliceEntity],
-    seeds: set[Uid],
-    depth: int,
-) -> dict[Uid, int]:
+def _missing(present: Mapping[Uid, SliceEntity], seeds: set[Uid], depth: int) -> dict[Uid, int]:
     """Uids the slice must still look up, each with the hops to follow from it: every
     parent of an entity held, and every reference within `depth` hops of a seed."""
-    everything = {**present, **request}
+    everything = present
     needs: dict[Uid, int] = {}
     distance = dict.fromkeys(seeds, 0)
     frontier = [u for u in seeds if u in everything]

@@ -41,7 +41,9 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
                 write(entities, [org("acme")])
             stop = threading.Event()
 
-            def writer(entities: epb_grpc.EntityServiceStub = entities) -> None:
+            def writer(
+                entities: epb_grpc.EntityServiceStub = entities, stop: threading.Event = stop
+            ) -> None:
                 nonlocal n
                 while not stop.is_set():
                     n += 1
