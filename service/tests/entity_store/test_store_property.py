@@ -67,6 +67,7 @@ def write(draw: st.DrawFn) -> tuple[list[Any], list[EntityUid]]:
 class Model:
     parents: dict[EntityUid, tuple[EntityUid, ...]] = field(default_factory=dict)
     refs: dict[EntityUid, set[EntityUid]] = field(default_factory=dict)
+    deep: bool = False
 
     def ancestors(self, uid: EntityUid) -> set[EntityUid]:
         out: set[EntityUid] = set()
@@ -84,9 +85,11 @@ class Model:
     def slice(self, uids: list[EntityUid], depth: int) -> tuple[set[EntityUid], bool]:
         reached = set(uids)
         frontier = set(uids)
-        for _ in range(depth):
+        self.deep = False  # a stored entity first reached at hop 2 or more
+        for hop in range(1, depth + 1):
             frontier = {t for s in frontier for t in self.refs.get(s, ())} - reached
             reached |= frontier
+            self.deep |= hop >= 2 and any(t in self.parents for t in frontier)
         wanted = reached | {a for u in reached for a in self.ancestors(u)}
         beyond = {t for s in frontier for t in self.refs.get(s, ())} - wanted
         return {u for u in wanted if u in self.parents}, any(t in self.parents for t in beyond)
@@ -148,7 +151,7 @@ def run(store: EntityStore, writes: list[Any], probes: list[Any], cases: Counter
         for e in got.entities:
             assert set(e.parents) == set(model.parents[e.uid])
         cases["truncated" if truncated else "complete"] += 1
-        if depth >= 2 and len(want) > len(uids) + 2:
+        if model.deep:
             cases["deep-slice"] += 1
 
 
@@ -163,7 +166,7 @@ def test_closure_and_slice_equal_the_reference(
     @given(
         writes=st.lists(write(), min_size=1, max_size=8),
         probes=st.lists(
-            st.tuples(st.lists(node, max_size=3, unique=True), st.integers(0, 3)),
+            st.tuples(st.lists(node, max_size=3, unique=True), st.sampled_from([0, 1, 2, 3, 3])),
             min_size=1,
             max_size=4,
         ),
@@ -185,4 +188,4 @@ def test_closure_and_slice_equal_the_reference(
         "truncated",
         "deep-slice",
     ):
-        assert cases[case] >= 5, (case, cases)
+        assert cases[case] >= 3, (case, cases)  # typically 6-300 each (printed with -s)
