@@ -1,4 +1,4 @@
-"""`pdp` command line: serve, check, validate, bundle build.
+"""`pdp` command line: serve, check, validate, bundle build, entities import/export.
 
 Exit codes: 0 success (for `check`: ALLOW), 1 failure (for `check`: DENY; for
 `validate`: problems found), 2 bad usage or settings.
@@ -135,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     from pdp.policytest.cli import add_commands  # `pdp test`, `pdp lint`
 
     add_commands(sub)
+    from pdp import entities_cli  # `pdp entities import/export`
+
+    entities_cli.add_commands(sub)
     return p
 
 

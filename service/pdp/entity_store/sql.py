@@ -30,9 +30,11 @@ from pdp.entity_store.api import (
     StoreLimits,
     Validator,
 )
-from pdp.entity_store.validate import FIELD, parse_entities
+from pdp.entity_store.validate import FIELD, SchemaValidator, entity_texts, parse_entities
 from pdp.errors import EntityRejected, InvalidRequest
 
+_quote = json.encoder.encode_basestring_ascii
+_SORTED = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 CHUNK = 500  # keys per `IN (...)`: far below SQLite's 32,766 variables and PG's 65,535
 MAX_PAGE_SIZE = 1000
 MAX_SLICE_UIDS = 1000
@@ -40,7 +42,7 @@ MAX_SLICE_DEPTH = 8
 
 
 def uid_key(uid: EntityUid) -> str:
-    return f"{uid[0]}::{json.dumps(uid[1])}"
+    return f"{uid[0]}::{_quote(uid[1])}"  # the id quoted as json.dumps quotes it
 
 
 def key_uid(key: str) -> EntityUid:
@@ -128,8 +130,9 @@ def prepare(
             f"{len(upserts)} upserts and {len(deletes)} deletes: more than"
             f" {limits.max_entities_per_write} entities in one write",
         )
-    for i, entity in enumerate(upserts):
-        size = len(json.dumps(entity, separators=(",", ":")).encode())
+    texts = entity_texts(upserts)
+    for i, (entity, text) in enumerate(zip(upserts, texts, strict=True)):
+        size = len(text)
         if size > limits.max_entity_bytes:
             raise EntityRejected(
                 f"{FIELD}[{i}]",
@@ -143,11 +146,14 @@ def prepare(
                 f"{len(parents)} parents, more than {limits.max_parents}",
                 index=i,
             )
-    if validate is not None:
+    # A schema validator's parse is the one kept: with the schema, Cedar reads each
+    # reference as the schema types it (a plain {"type", "id"} record may be one).
+    schema = validate.schema if isinstance(validate, SchemaValidator) else None
+    if validate is not None and schema is None:
         validate(upserts)
-    parsed = json.loads(str(parse_entities(upserts))) if upserts else []
-    by_key = {uid_key(_uid(e["uid"])): e for e in parsed}
-    if len(by_key) != len(upserts) or len(parsed) != len(upserts):
+    parsed = json.loads(str(parse_entities(upserts, schema, texts))) if upserts else []
+    by_key = {uid_key(_uid(e["uid"])): e for e in parsed}  # with a schema, also its actions
+    if len({uid_key(_uid(_plain_uid(e["uid"]))) for e in upserts}) < len(upserts):
         _raise_duplicate(upserts)
     out: list[Prepared] = []
     for i, entity in enumerate(upserts):
@@ -165,8 +171,8 @@ def prepare(
                 i,
                 stored,
                 key,
-                json.dumps(cedar["attrs"], separators=(",", ":"), sort_keys=True),
-                json.dumps([list(p) for p in parents], separators=(",", ":")),
+                _SORTED.encode(cedar["attrs"]),
+                _SORTED.encode([list(p) for p in parents]),
                 frozenset(uid_key(r) for r in references(cedar["attrs"])),
             )
         )

@@ -21,15 +21,22 @@ from pdp.errors import EntityRejected
 FIELD = "upserts"
 
 
-def entity_list_text(upserts: Sequence[Mapping[str, Any]]) -> str:
-    """A JSON list with entity i on line i + 2 (json.dumps escapes newlines in strings), so
-    a line Cedar's bisection reports names the entity's index."""
-    return "[\n" + ",\n".join(json.dumps(e, separators=(",", ":")) for e in upserts) + "\n]"
+COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
-def parse_entities(upserts: Sequence[Mapping[str, Any]], schema: Any = None) -> Any:
-    """`cedarpy.Entities` of the upserts, or `EntityRejected` naming the first refused one."""
-    text = entity_list_text(upserts)
+def entity_texts(upserts: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each entity as compact JSON (ASCII: its length is its size in bytes)."""
+    return [COMPACT.encode(e) for e in upserts]
+
+
+def parse_entities(
+    upserts: Sequence[Mapping[str, Any]], schema: Any = None, texts: Sequence[str] | None = None
+) -> Any:
+    """`cedarpy.Entities` of the upserts (`texts`: their `entity_texts`, if made already),
+    or `EntityRejected` naming the first one Cedar refused."""
+    # Entity i on line i + 2 (JSON escapes newlines inside strings), so the line Cedar's
+    # bisection reports names the entity's index.
+    text = "[\n" + ",\n".join(entity_texts(upserts) if texts is None else texts) + "\n]"
     try:
         return cedarpy.Entities.from_json_str(text, schema, release_gil=True)
     except ValueError as exc:
@@ -44,15 +51,21 @@ def parse_entities(upserts: Sequence[Mapping[str, Any]], schema: Any = None) -> 
         raise EntityRejected(f"{FIELD}[{index}]", reason, index=index, uid=uid) from None
 
 
-def schema_validator(schema: Any) -> Validator:
+class SchemaValidator:
     """A `validate` for `EntityStore.write`: every upsert must parse with `schema` (a
-    `cedarpy.Schema`, as a bundle holds it)."""
+    `cedarpy.Schema`, as a bundle holds it). A store that knows this class parses a write
+    once, with the schema, instead of validating and then parsing again."""
 
-    def validate(upserts: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+    def __call__(self, upserts: Sequence[Mapping[str, Any]]) -> None:
         if upserts:
-            parse_entities(upserts, schema)
+            parse_entities(upserts, self.schema)
 
-    return validate
+
+def schema_validator(schema: Any) -> Validator:
+    return SchemaValidator(schema)
 
 
 def _uid_of(entity: Mapping[str, Any]) -> tuple[str, str] | None:
