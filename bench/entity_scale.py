@@ -94,15 +94,23 @@ class World:
 def generate(size: int, path: Path, seed: int = 7) -> World:
     """`size` entities as a Cedar JSON list, one entity a line (written as it goes)."""
     rng = random.Random(seed)
-    orgs = max(1, size // 1000)
-    groups = max(2, size // 50)
-    folders = max(2, size // 20)
+    # The same shape at every size (so the slices compare): 10 orgs, groups nested at most
+    # once (in one of 10 top groups), folders two levels under `shared`.
+    orgs = 10
+    groups = max(20, size // 50)
+    folders = max(20, size // 20)
     users = max(1, size * 2 // 5)
     documents = max(1, size - orgs - groups - folders - users)
     world = World(size, users, documents)
 
     def org() -> dict[str, Any]:
         return {"__entity": _ref("Org", f"o{rng.randrange(orgs)}")}
+
+    def group_name(g: int) -> str:
+        return "editors" if g == 0 else f"g{g}"
+
+    def folder_name(f: int) -> str:
+        return "shared" if f == 0 else f"f{f}"
 
     with path.open("w") as out:
         first = True
@@ -113,29 +121,28 @@ def generate(size: int, path: Path, seed: int = 7) -> World:
             first = False
 
         for i in range(orgs):
-            emit(_ent("Org", f"o{i}", {"frozen": i % 10 == 9}, []))
+            emit(_ent("Org", f"o{i}", {"frozen": i == 9}, []))
         for i in range(groups):
-            name = "editors" if i == 0 else f"g{i}"
             parents = [_ref("Org", f"o{rng.randrange(orgs)}")]
-            if i > 1 and rng.random() < 0.3:  # some groups nested in earlier ones
-                parents.append(_ref("Group", f"g{rng.randrange(1, i)}"))
-            emit(_ent("Group", name, {}, parents))
+            if i >= 10 and rng.random() < 0.3:
+                parents.append(_ref("Group", group_name(rng.randrange(10))))
+            emit(_ent("Group", group_name(i), {}, parents))
         for i in range(folders):
-            name = "shared" if i == 0 else f"f{i}"
-            parents = (
-                [] if i == 0 else [_ref("Folder", "shared" if i < 4 else f"f{rng.randrange(1, i)}")]
-            )
-            emit(_ent("Folder", name, {}, parents))
+            if i == 0:
+                parents = []
+            elif i <= 10:
+                parents = [_ref("Folder", "shared")]
+            else:
+                parents = [_ref("Folder", folder_name(rng.randint(1, 10)))]
+            emit(_ent("Folder", folder_name(i), {}, parents))
         for i in range(users):
-            member = [
-                _ref("Group", "editors" if g == 0 else f"g{g}")
-                for g in rng.sample(range(groups), min(groups, rng.randint(1, 3)))
-            ]
+            chosen = rng.sample(range(1, groups), rng.randint(1, 3))
+            chosen += [0] if rng.random() < 0.1 else []  # a tenth are editors, at any size
+            member = [_ref("Group", group_name(g)) for g in chosen]
             emit(_ent("User", f"u{i}", {"org": org(), "suspended": i % 50 == 49}, member))
         for i in range(documents):
             owner = {"__entity": _ref("User", f"u{rng.randrange(users)}")}
-            folder = rng.randrange(folders)
-            parents = [_ref("Folder", "shared" if folder == 0 else f"f{folder}")]
+            parents = [_ref("Folder", folder_name(rng.randrange(folders)))]
             emit(_ent("Document", f"d{i}", {"owner": owner, "org": org()}, parents))
         out.write("\n]\n")
     return world
