@@ -30,6 +30,9 @@ from pdp.errors import InvalidRequest, SliceFailed
 
 Uid = tuple[str, str]
 
+# The most uids one `EntityStore.slice` read takes (`pdp.entity_store.sql.MAX_SLICE_UIDS`,
+# not imported: the store's modules import `pdp.bundle`, which imports this one).
+MAX_SLICE_UIDS = 1000
 # Reads of the store for one slice when a write lands between two of them: the slice is
 # built again, so that all of it is of one data version; after this many, fail closed.
 MAX_RESTARTS = 3
@@ -201,21 +204,25 @@ def _build(
 
     def from_store(uids: Sequence[Uid], hops: int) -> bool:
         nonlocal version
-        if source is None or not uids:
+        if source is None:
             return True
-        got: EntitySlice = source.store.slice(source.tenant, uids, hops)
-        if version is None:
-            version = got.data_version
-        elif got.data_version != version:
-            return False
-        for uid in uids:
-            asked_store[uid] = max(asked_store.get(uid, -1), hops)
-        for entity in got.entities:
-            if entity.uid not in present:
-                present[entity.uid] = stored_entity(entity)
-                stored.add(entity.uid)
-            # Its ancestors came with it (the closure table): not to be asked again.
-            asked_store.setdefault(entity.uid, 0)
+        # The store answers at most MAX_SLICE_UIDS uids a read (a request's entities may
+        # name more): one read per part, all of one data version.
+        for start in range(0, len(uids), MAX_SLICE_UIDS):
+            part = uids[start : start + MAX_SLICE_UIDS]
+            got: EntitySlice = source.store.slice(source.tenant, part, hops)
+            if version is None:
+                version = got.data_version
+            elif got.data_version != version:
+                return False
+            for uid in part:
+                asked_store[uid] = max(asked_store.get(uid, -1), hops)
+            for entity in got.entities:
+                if entity.uid not in present:
+                    present[entity.uid] = stored_entity(entity)
+                    stored.add(entity.uid)
+                # Its ancestors came with it (the closure table): not to be asked again.
+                asked_store.setdefault(entity.uid, 0)
         return True
 
     from_bundle(seeds)

@@ -14,6 +14,8 @@ from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp._proto.v1 import entity_pb2 as epb
 from pdp._proto.v1 import entity_pb2_grpc as epb_grpc
 from pdp._proto.v1 import value_pb2 as vpb
+from pdp.entity_slice import MAX_SLICE_UIDS
+from pdp.entity_store import sql
 
 from .support import (
     ALLOW,
@@ -183,3 +185,15 @@ def test_unknown_tenant_and_malformed_requests(stubs: Stubs) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("upserts[0].uid")
     code, details = refusal(entities.Get, epb.GetEntityRequest())
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("uid:")
+
+
+def test_a_check_naming_more_uids_than_one_store_read_takes(tmp_path: Path) -> None:
+    # 1,200 request entities (each a seed of the slice): the store answers at most
+    # MAX_SLICE_UIDS uids a read, so the slice reads them in parts, of one data version.
+    visitors = [user(f"v{i}") for i in range(1200)]
+    visitors[7] = user("v7", ref("Group", "readers"))
+    assert MAX_SLICE_UIDS == sql.MAX_SLICE_UIDS < len(visitors)
+    with store_server(tmp_path, "--max-request-entities", "2000") as (_, checks, entities):
+        version = write(entities, GRAPH)
+        r = checks.Check(check("v7", "read", "doc1", entities=visitors))
+        assert r.decision == ALLOW and r.data_version == version
