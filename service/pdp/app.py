@@ -27,8 +27,10 @@ from pdp.decision_log import DecisionLogger, decision_logger
 from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
+from pdp.grpc.tls import server_credentials
 from pdp.metrics import Metrics, NoMetrics, multiprocess_dir
 from pdp.metrics_server import MetricsListener, process_registry
+from pdp.rate_limit import RateLimits
 from pdp.reloader import Reloader
 from pdp.tracing import Tracing
 
@@ -136,6 +138,8 @@ class App:
             tracing=tracing,
             decision_log=self.decision_log,
             metrics=self.metrics,
+            credentials=server_credentials(s),  # TlsConfigError names the setting
+            rate_limits=RateLimits.of(s),
         )
         self._server = server
         self._update_health()  # before the first call: the health servicer starts SERVING
@@ -143,7 +147,13 @@ class App:
         host = s.listen.rsplit(":", 1)[0]
         snapshot = self.engine.snapshot
         tenants = sorted(snapshot.bundles) if snapshot else []
-        log.info("listening on %s:%d, tenants: %s", host, server.port, ", ".join(tenants))
+        log.info(
+            "listening on %s:%d (%s), tenants: %s",
+            host,
+            server.port,
+            "tls" if s.tls_cert_file else "plaintext",
+            ", ".join(tenants),
+        )
         if on_listening:
             on_listening(server.port)
         watcher = asyncio.create_task(self._watch()) if s.watch else None

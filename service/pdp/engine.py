@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -21,7 +21,7 @@ import cedarpy
 
 from pdp.bundle import Bundle, locate_entity_errors
 from pdp.decision_cache import DecisionCache, decision_key
-from pdp.errors import InvalidRequest, NotReady, UnknownTenant
+from pdp.errors import DeadlineExceeded, InvalidRequest, NotReady, UnknownTenant
 from pdp.model import (
     DEFAULT_TENANT,
     CheckInput,
@@ -108,12 +108,19 @@ class Engine:
         return result
 
     def check_batch(
-        self, tenant: str, requests: Sequence[CheckInput], *, bypass_cache: bool = False
+        self,
+        tenant: str,
+        requests: Sequence[CheckInput],
+        *,
+        bypass_cache: bool = False,
+        expired: Callable[[], bool] | None = None,
     ) -> list[CheckResult]:
+        """`expired` is asked between slices: once true, the rest is not decided
+        (DeadlineExceeded): whoever asked has stopped waiting."""
         bundle = self.bundle(tenant)  # every request on the same snapshot
         cache = self.cache
         if cache is None:
-            return _sliced(bundle, requests)
+            return _sliced(bundle, requests, expired)
         name = tenant or DEFAULT_TENANT
         memo: dict[str, str] = {}  # batch-level texts are canonicalised once
         keys = [decision_key(name, bundle, r, memo) for r in requests]
@@ -128,13 +135,13 @@ class Engine:
         if not misses:
             return [r for r in results if r is not None]
         try:
-            fresh = _sliced(bundle, [requests[i] for i in misses])
+            fresh = _sliced(bundle, [requests[i] for i in misses], expired)
         except InvalidRequest:
             if len(misses) == len(requests):
                 raise
             # Raise the error a fresh evaluation of the whole batch raises: which item is
             # reported must not depend on what happens to be cached.
-            return _sliced(bundle, requests)
+            return _sliced(bundle, requests, expired)
         for i, result in zip(misses, fresh, strict=True):
             key = keys[i]
             if key is not None:
@@ -143,7 +150,9 @@ class Engine:
         return [r for r in results if r is not None]
 
 
-def _sliced(bundle: Bundle, requests: Sequence[CheckInput]) -> list[CheckResult]:
+def _sliced(
+    bundle: Bundle, requests: Sequence[CheckInput], expired: Callable[[], bool] | None = None
+) -> list[CheckResult]:
     """Decide every request, BATCH_SLICE requests per cedarpy call: a cedarpy call holds
     the GIL for its whole length, so a large batch decided in one call would stall every
     other call of the process; between two slices the GIL can pass to them. The slices
@@ -151,6 +160,10 @@ def _sliced(bundle: Bundle, requests: Sequence[CheckInput]) -> list[CheckResult]
     parsed: dict[RequestEntities, Any] = {}
     results: list[CheckResult] = []
     for start in range(0, len(requests), BATCH_SLICE):
+        if start and expired is not None and expired():
+            raise DeadlineExceeded(
+                f"the deadline passed after {start} of {len(requests)} items; none is answered"
+            )
         chunk = requests[start : start + BATCH_SLICE]
         results += evaluate(bundle, chunk, parsed=parsed, first_index=start)
     return results
