@@ -19,7 +19,6 @@ from cryptography import x509
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp._proto.v1 import value_pb2 as vpb
-
 from pdp.cli import _parser
 from pdp.config import Settings
 from pdp.errors import TlsConfigError
