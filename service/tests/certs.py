@@ -121,5 +121,5 @@ def issue(
     return Issued(builder.sign(ca.key, hashes.SHA256()), key)
 
 
-def server_cert(ca: Issued) -> Issued:
-    return issue(ca, "pdp", dns=("localhost",), ips=("127.0.0.1",), server=True)
+def server_cert(ca: Issued, *, expired: bool = False) -> Issued:
+    return issue(ca, "pdp", dns=("localhost",), ips=("127.0.0.1",), server=True, expired=expired)

@@ -237,6 +237,14 @@ def test_rotated_server_cert_reaches_new_connections_and_keeps_old_ones(tmp_path
         assert served_serial(srv.port) == third.serial
         with srv.tls_channel(pki.ca.cert_pem) as ch:
             assert decide(ch) == pb.DECISION_ALLOW
+
+        # An expired certificate is served (the clock may be what is wrong) but said.
+        expired = server_cert(pki.ca, expired=True)
+        expired.write(tmp_path, "server")
+        assert served_serial(srv.port) == expired.serial
+        srv.wait_for_log(f"serial {expired.serial:x} is not valid now .*clients will refuse it")
+        with srv.tls_channel(pki.ca.cert_pem) as ch:
+            assert refused(ch).code() == grpc.StatusCode.UNAVAILABLE
         old.close()
 
 

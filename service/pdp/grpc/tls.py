@@ -12,6 +12,7 @@ good configuration goes on serving.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import threading
@@ -51,6 +52,19 @@ class CertificateSet:
     key: bytes
     client_ca: bytes | None
     serial: int  # of the server certificate, for the log
+    valid: tuple[datetime.datetime, datetime.datetime]  # its not-before and not-after
+
+    def warn_if_not_valid_now(self) -> None:
+        """Served anyway (the clock may be what is wrong), but said: clients will refuse it."""
+        start, end = self.valid
+        if not start <= datetime.datetime.now(datetime.UTC) <= end:
+            log.warning(
+                "TLS server certificate serial %x is not valid now (valid from %s to %s): "
+                "clients will refuse it",
+                self.serial,
+                start.isoformat(),
+                end.isoformat(),
+            )
 
     def grpc_config(self) -> grpc.ServerCertificateConfiguration:
         return grpc.ssl_server_certificate_configuration(
@@ -103,7 +117,13 @@ def load_certificate_set(
         )
     if ca is not None and client_ca_file is not None:
         _certificates("tls_client_ca_file", client_ca_file, ca)
-    return CertificateSet(chain, key_pem, ca, leaf.serial_number)
+    return CertificateSet(
+        chain,
+        key_pem,
+        ca,
+        leaf.serial_number,
+        (leaf.not_valid_before_utc, leaf.not_valid_after_utc),
+    )
 
 
 def _signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int, int], ...]:
@@ -165,6 +185,7 @@ class ReloadingCertificates:
                 self.current.serial,
             )
             self.current = fresh
+            fresh.warn_if_not_valid_now()
             return fresh.grpc_config()
 
 
@@ -212,6 +233,7 @@ def server_credentials(s: TlsSettings) -> grpc.ServerCredentials | None:
         if s.tls_require_client_cert
         else "",
     )
+    fetcher.current.warn_if_not_valid_now()
     return grpc.dynamic_ssl_server_credentials(
         fetcher.initial(),
         fetcher,  # type: ignore[arg-type]  # grpcio accepts None (keep the current one)
