@@ -109,10 +109,10 @@ class RateLimits:
         """Charge `cost` decisions to the client (first: every request, even one for an
         unknown tenant, spends the caller's budget) and then to the tenant; RateLimited
         naming the limit if either budget is short."""
-        if self.client is not None and client is not None:
-            _charge(self.client, client, f"client {client}", cost)
-        if self.tenant is not None:
-            _charge(self.tenant, tenant, f"tenant {tenant!r}", cost)
+        if self.client is not None and client is not None and not self.client.take(client, cost):
+            raise _refused(self.client, f"client {client}", cost)
+        if self.tenant is not None and not self.tenant.take(tenant, cost):
+            raise _refused(self.tenant, f"tenant {tenant!r}", cost)
 
 
 def _limiter(setting: str, rate: float | None, burst: int | None, max_keys: int) -> Limiter | None:
@@ -121,13 +121,11 @@ def _limiter(setting: str, rate: float | None, burst: int | None, max_keys: int)
     return Limiter(setting, rate, burst if burst is not None else max(1, round(rate)), max_keys)
 
 
-def _charge(limiter: Limiter, key: str, who: str, cost: int) -> None:
-    if limiter.take(key, cost):
-        return
+def _refused(limiter: Limiter, who: str, cost: int) -> RateLimited:
     if cost > limiter.burst:
         why = f"{cost} decisions in one call exceed its burst of {limiter.burst}"
     else:
         why = f"{limiter.rate:g} decisions/s, burst {limiter.burst}, spent"
-    raise RateLimited(
+    return RateLimited(
         limiter.setting, f"rate limited ({limiter.setting}): {who}: {why}; retry later"
     )

@@ -248,7 +248,7 @@ def peer_identity(context: grpc.ServicerContext) -> str | None:
 
     grpcio fills the auth context only from a certificate the handshake verified against
     `tls_client_ca_file` (a connection with any other certificate never gets this far)."""
-    auth = cast(dict[str, list[bytes]], context.auth_context())
+    auth = cast("dict[str, list[bytes]]", context.auth_context())  # grpc-stubs says bytes
     if not auth.get("x509_pem_cert"):
         return None
     for prop in ("peer_uri", "peer_dns", "x509_common_name"):
