@@ -29,8 +29,10 @@ from pdp.entity_store import store_from_settings
 from pdp.grpc.convert import Limits
 from pdp.grpc.entity_servicer import EntityServicer
 from pdp.grpc.server import PdpServer
+from pdp.grpc.tls import server_credentials
 from pdp.metrics import Metrics, NoMetrics, multiprocess_dir
 from pdp.metrics_server import MetricsListener, process_registry
+from pdp.rate_limit import RateLimits
 from pdp.reloader import Reloader
 from pdp.tracing import Tracing
 
@@ -144,6 +146,8 @@ class App:
             decision_log=self.decision_log,
             metrics=self.metrics,
             entity_service=self._entity_service(tracing),
+            credentials=server_credentials(s),  # TlsConfigError names the setting
+            rate_limits=RateLimits.of(s),
         )
         self._server = server
         self._update_health()  # before the first call: the health servicer starts SERVING
@@ -151,7 +155,13 @@ class App:
         host = s.listen.rsplit(":", 1)[0]
         snapshot = self.engine.snapshot
         tenants = sorted(snapshot.bundles) if snapshot else []
-        log.info("listening on %s:%d, tenants: %s", host, server.port, ", ".join(tenants))
+        log.info(
+            "listening on %s:%d (%s), tenants: %s",
+            host,
+            server.port,
+            "tls" if s.tls_cert_file else "plaintext",
+            ", ".join(tenants),
+        )
         if on_listening:
             on_listening(server.port)
         watcher = asyncio.create_task(self._watch()) if s.watch else None

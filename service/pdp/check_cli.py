@@ -51,7 +51,7 @@ def build_request(args: argparse.Namespace) -> pb.CheckRequest:
 def run_check(args: argparse.Namespace) -> dict[str, Any]:
     request = build_request(args)
     if args.server:
-        with grpc.insecure_channel(args.server) as channel:
+        with _channel(args) as channel:
             try:
                 response = pb_grpc.AuthorizationServiceStub(channel).Check(request, timeout=10)
             except grpc.RpcError as exc:
@@ -63,6 +63,23 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
             engine.check(request.tenant, convert.check_input(request))
         )
     return response_dict(response)
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    """Plaintext, or TLS with `--tls-ca` (and a client certificate with `--tls-cert`)."""
+    if args.tls_ca is None:
+        if args.tls_cert or args.tls_key:
+            raise InvalidRequest("tls_cert", "--tls-cert and --tls-key need --tls-ca")
+        return grpc.insecure_channel(args.server)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InvalidRequest("tls_cert", "--tls-cert and --tls-key go together")
+    try:
+        ca = args.tls_ca.read_bytes()
+        cert = args.tls_cert.read_bytes() if args.tls_cert else None
+        key = args.tls_key.read_bytes() if args.tls_key else None
+    except OSError as exc:
+        raise InvalidRequest("tls", f"cannot read {exc.filename}: {exc.strerror}") from exc
+    return grpc.secure_channel(args.server, grpc.ssl_channel_credentials(ca, key, cert))
 
 
 def response_dict(r: pb.CheckResponse) -> dict[str, Any]:

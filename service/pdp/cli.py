@@ -21,7 +21,7 @@ from pdp import __version__
 from pdp.bundle import compile_bundle, load_bundle
 from pdp.bundle_files import build_archive, read_bundle_files
 from pdp.config import LISTEN, default_bundle, load_settings
-from pdp.errors import BundleError, PdpError
+from pdp.errors import BundleError, PdpError, TlsConfigError
 from pdp.model import DEFAULT_TENANT
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -106,6 +106,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-listen", help="host:port of /metrics (default 127.0.0.1:9464), or off"
     )
+    serve.add_argument("--tls-cert-file", type=Path, help="PEM server certificate: TLS on")
+    serve.add_argument("--tls-key-file", type=Path, help="PEM key of --tls-cert-file")
+    serve.add_argument("--tls-client-ca-file", type=Path, help="CA of client certificates")
+    serve.add_argument(
+        "--tls-require-client-cert", action="store_const", const=True, help="mutual TLS"
+    )
+    serve.add_argument(
+        "--allow-plaintext", action="store_const", const=True, help="plaintext off loopback"
+    )
+    serve.add_argument("--rate-limit-per-tenant", type=float, metavar="PER_SECOND")
+    serve.add_argument("--rate-limit-per-tenant-burst", type=int)
+    serve.add_argument("--rate-limit-per-client", type=float, metavar="PER_SECOND")
+    serve.add_argument("--rate-limit-per-client-burst", type=int)
+    serve.add_argument("--rate-limit-max-keys", type=int)
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="ask for one decision")
@@ -118,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     where = check.add_mutually_exclusive_group()
     where.add_argument("--bundle", type=Path, help="decide in-process against this bundle")
     where.add_argument("--server", help="ask a running server at host:port")
+    check.add_argument("--tls-ca", type=Path, help="with --server: TLS, trusting this PEM CA")
+    check.add_argument("--tls-cert", type=Path, help="with --tls-ca: client certificate (mTLS)")
+    check.add_argument("--tls-key", type=Path, help="the key of --tls-cert")
     check.add_argument("--json", action="store_true", help="print the decision as JSON")
     check.set_defaults(func=_check)
 
@@ -143,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from pdp.app import App  # grpc is imported only by the commands that serve
+    from pdp.grpc.tls import check_tls_files
     from pdp.tracing import TraceConfig, TraceConfigError
 
     try:
@@ -164,6 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     app = App(settings, reuse_port=args.worker, tracing=traces.start)
     try:
+        check_tls_files(settings)  # here too with --workers: reported once, before any fork
         app.load()  # with --workers, also done here first: problems are reported once
         if settings.workers > 1:
             from pdp.supervisor import run_workers
@@ -174,6 +193,9 @@ def _serve(args: argparse.Namespace) -> int:
                 args.argv, m["host"], int(m["port"]), settings.workers, settings.metrics_listen
             )
         asyncio.run(app.run())
+    except TlsConfigError as exc:
+        print(f"pdp: invalid setting {exc.setting}: {exc.reason}", file=sys.stderr)
+        return EXIT_USAGE
     except BundleError as exc:
         print(f"pdp: cannot start: {exc.message}", file=sys.stderr)
         return EXIT_FAIL
@@ -225,6 +247,16 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "decision_log_mask_paths",
             "decision_log_drop_paths",
             "metrics_listen",
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+            "tls_require_client_cert",
+            "allow_plaintext",
+            "rate_limit_per_tenant",
+            "rate_limit_per_tenant_burst",
+            "rate_limit_per_client",
+            "rate_limit_per_client_burst",
+            "rate_limit_max_keys",
         )
         if (v := getattr(args, k)) is not None
     }

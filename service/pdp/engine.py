@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -31,7 +31,7 @@ from pdp.entity_slice import (
 )
 from pdp.entity_slice import request_entities as sliced_request_entities
 from pdp.entity_store.api import EntityStore
-from pdp.errors import InvalidRequest, NotReady, UnknownTenant
+from pdp.errors import DeadlineExceeded, InvalidRequest, NotReady, UnknownTenant
 from pdp.model import (
     DEFAULT_TENANT,
     CheckInput,
@@ -140,14 +140,21 @@ class Engine:
         return result
 
     def check_batch(
-        self, tenant: str, requests: Sequence[CheckInput], *, bypass_cache: bool = False
+        self,
+        tenant: str,
+        requests: Sequence[CheckInput],
+        *,
+        bypass_cache: bool = False,
+        expired: Callable[[], bool] | None = None,
     ) -> list[CheckResult]:
+        """`expired` is asked between slices: once true, the rest is not decided
+        (DeadlineExceeded): whoever asked has stopped waiting."""
         bundle = self.bundle(tenant)  # every request on the same snapshot
         name = tenant or DEFAULT_TENANT
         source, version = self._source(name)
         cache = self.cache
         if cache is None:
-            return _sliced(bundle, requests, source, version, self.slices)
+            return _sliced(bundle, requests, source, version, self.slices, expired)
         memo: dict[str, str] = {}  # batch-level texts are canonicalised once
         keys = [decision_key(name, bundle, r, version, memo) for r in requests]
         results: list[CheckResult | None] = [None] * len(requests)
@@ -161,13 +168,15 @@ class Engine:
         if not misses:
             return [r for r in results if r is not None]
         try:
-            fresh = _sliced(bundle, [requests[i] for i in misses], source, version, self.slices)
+            fresh = _sliced(
+                bundle, [requests[i] for i in misses], source, version, self.slices, expired
+            )
         except InvalidRequest:
             if len(misses) == len(requests):
                 raise
             # Raise the error a fresh evaluation of the whole batch raises: which item is
             # reported must not depend on what happens to be cached.
-            return _sliced(bundle, requests, source, version, self.slices)
+            return _sliced(bundle, requests, source, version, self.slices, expired)
         for i, result in zip(misses, fresh, strict=True):
             key = keys[i]
             if key is not None:
@@ -182,6 +191,7 @@ def _sliced(
     source: StoreSource | None,
     version: int,
     slices: SliceCache,
+    expired: Callable[[], bool] | None = None,
 ) -> list[CheckResult]:
     """Decide every request, BATCH_SLICE requests per cedarpy call: a cedarpy call holds
     the GIL for its whole length, so a large batch decided in one call would stall every
@@ -190,6 +200,10 @@ def _sliced(
     parsed: dict[RequestEntities, Any] = {}
     results: list[CheckResult] = []
     for start in range(0, len(requests), BATCH_SLICE):
+        if start and expired is not None and expired():
+            raise DeadlineExceeded(
+                f"the deadline passed after {start} of {len(requests)} items; none is answered"
+            )
         chunk = requests[start : start + BATCH_SLICE]
         results += evaluate(
             bundle,

@@ -8,6 +8,9 @@
     └── StoreUnavailable    the entity store cannot be read or written (e.g. its server is down)
     InvalidRequest
     └── EntityRejected      an entity store write refused (schema, cycle, cap): nothing written
+    ├── TlsConfigError      TLS files or settings that cannot be served (start-up only)
+    ├── RateLimited         a tenant's or client's request budget is spent
+    └── DeadlineExceeded    the caller's deadline passed before its turn to decide
 
 The gRPC adapter maps `Code` to a status in one table (`pdp.grpc.status`); nothing
 below it knows about gRPC.
@@ -26,6 +29,7 @@ class Code(enum.Enum):
     UNAVAILABLE = "unavailable"
     FAILED_PRECONDITION = "failed_precondition"
     INTERNAL = "internal"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 class PdpError(Exception):
@@ -136,3 +140,28 @@ class SliceFailed(PdpError):
     between the reads of one slice): the check is not decided; retry."""
 
     code = Code.UNAVAILABLE
+# Transport and abuse limits (pdp.grpc.tls, pdp.rate_limit).
+class TlsConfigError(PdpError):
+    """`setting` names the TLS setting at fault (a file it names, or a combination)."""
+
+    code = Code.FAILED_PRECONDITION
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.reason = message
+
+
+class RateLimited(PdpError):
+    """`limit` is the setting whose budget is spent (`rate_limit_per_tenant` or
+    `rate_limit_per_client`)."""
+
+    code = Code.RESOURCE_EXHAUSTED
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class DeadlineExceeded(PdpError):
+    code = Code.DEADLINE_EXCEEDED

@@ -143,6 +143,12 @@ class Metrics:
             ["tenant"],
             registry=r,
         )
+        self.rate_limited_calls = Counter(
+            "pdp_rate_limited",
+            "Calls refused by a rate limit, by tenant and limit (the setting's name).",
+            ["tenant", "limit"],
+            registry=r,
+        )
         self._tenants: dict[str, _Tenant] = {}  # replaced whole, read without a lock
         self._children: dict[tuple[str, str, str], Any] = {}  # bounded: labels are bounded
         self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -189,6 +195,11 @@ class Metrics:
             self._rpc_children[(method, code)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def rate_limited(self, tenant: str, limit: str) -> None:
+        """A call refused by `limit` (`rate_limit_per_tenant` or `rate_limit_per_client`)."""
+        name = tenant or DEFAULT_TENANT
+        self.rate_limited_calls.labels(name if name in self._tenants else OTHER, limit).inc()
 
     # --------------------------------------------------------------------- reloader --
     def bundle_loaded(self, tenant: str, bundle: Bundle) -> None:
@@ -302,6 +313,9 @@ class NoMetrics(Metrics):
         pass
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
+        pass
+
+    def rate_limited(self, tenant: str, limit: str) -> None:
         pass
 
     def bundle_loaded(self, tenant: str, bundle: Bundle) -> None:

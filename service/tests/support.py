@@ -38,6 +38,12 @@ class ServerProcess:
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.address)
 
+    def tls_channel(
+        self, ca: bytes, cert: bytes | None = None, key: bytes | None = None
+    ) -> grpc.Channel:
+        """A TLS channel trusting `ca` (PEM), presenting `cert`/`key` if given (mTLS)."""
+        return grpc.secure_channel(self.address, grpc.ssl_channel_credentials(ca, key, cert))
+
     def stub(self, channel: grpc.Channel) -> pb_grpc.AuthorizationServiceStub:
         return pb_grpc.AuthorizationServiceStub(channel)
 

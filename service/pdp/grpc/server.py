@@ -19,6 +19,7 @@ from pdp.grpc.entity_servicer import ENTITY_SERVICE_NAME, EntityServicer, add_en
 from pdp.grpc.servicer import AuthorizationServicer
 from pdp.grpc.wire import add_authorization_service
 from pdp.metrics import Metrics
+from pdp.rate_limit import RateLimits
 from pdp.tracing import NO_TRACING, Tracing
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
@@ -51,6 +52,8 @@ class PdpServer:
         decision_log: DecisionLogger | None = None,
         metrics: Metrics | None = None,
         entity_service: EntityServicer | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.server = grpc.server(
             # One thread for every call the server admits: grpcio reads a call's request on
@@ -85,6 +88,7 @@ class PdpServer:
                 decision_log,
                 metrics,
                 deciding=threads,
+                rate_limits=rate_limits,
             ),
             self.server,
         )
@@ -102,7 +106,12 @@ class PdpServer:
             ),
             self.server,
         )
-        self.port = self.server.add_insecure_port(listen)
+        # None: plaintext, which `Settings` allows only on loopback unless allow_plaintext.
+        self.port = (
+            self.server.add_insecure_port(listen)
+            if credentials is None
+            else self.server.add_secure_port(listen, credentials)
+        )
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
 

@@ -6,6 +6,7 @@ one engine entry point, `Engine.check` or `Engine.check_batch`, between two conv
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,11 +18,14 @@ from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp.decision_log import DecisionLogger
 from pdp.engine import Engine
-from pdp.errors import InvalidRequest
+from pdp.errors import DeadlineExceeded, InvalidRequest, RateLimited
 from pdp.grpc import convert
 from pdp.grpc.status import error_status, handle_errors
+from pdp.grpc.tls import client_identity
 from pdp.grpc.wire import Undecodable, decoded
 from pdp.metrics import Metrics, NoMetrics
+from pdp.model import DEFAULT_TENANT
+from pdp.rate_limit import RateLimits
 from pdp.tracing import NO_TRACING, Tracing
 
 
@@ -37,8 +41,10 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         metrics: Metrics | None = None,
         *,
         deciding: int = 4,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self._engine = engine
+        self._rate_limits = rate_limits  # None when off: the request path checks only that
         # Calls deciding at once (`threads`): cedarpy holds the GIL, so more runnable
         # threads only contend for it; a call waiting for its message holds no slot.
         self._slots = threading.BoundedSemaphore(deciding)
@@ -53,16 +59,52 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         self._streams = threading.BoundedSemaphore(max_check_streams)
 
     def _check(
-        self, request: pb.CheckRequest | Undecodable, metadata: Sequence[tuple[str, Any]] | None
+        self,
+        request: pb.CheckRequest | Undecodable,
+        context: grpc.ServicerContext,
+        metadata: Sequence[tuple[str, Any]] | None,
+        client: str | None,
     ) -> pb.CheckResponse:
-        with self._slots:
+        request = decoded(request)
+        if self._rate_limits is not None:
+            self._admit(request.tenant, context, client, 1)
+        self._take_slot(context)
+        try:
             return self._decide(request, metadata)
+        finally:
+            self._slots.release()
+
+    def _take_slot(self, context: grpc.ServicerContext) -> None:
+        """Wait for a deciding slot; a call whose deadline passed while it waited is not
+        decided (DeadlineExceeded, the slot given back). A call that did not wait is not
+        asked: the common path costs one non-blocking acquire."""
+        if self._slots.acquire(blocking=False):
+            return
+        self._slots.acquire()
+        if _expired(context):
+            self._slots.release()
+            raise DeadlineExceeded(
+                "the deadline passed while the call waited for its turn to decide"
+            )
+
+    def _admit(
+        self, tenant: str, context: grpc.ServicerContext, client: str | None, cost: int
+    ) -> None:
+        """Charge the call to its client and tenant budgets, before it waits for a slot."""
+        limits = self._rate_limits
+        assert limits is not None
+        if client is None and limits.client is not None:
+            client = client_identity(context)
+        try:
+            limits.admit(tenant or DEFAULT_TENANT, client, cost)
+        except RateLimited as exc:
+            self.metrics.rate_limited(tenant, exc.limit)
+            raise
 
     def _decide(
-        self, request: pb.CheckRequest | Undecodable, metadata: Sequence[tuple[str, Any]] | None
+        self, request: pb.CheckRequest, metadata: Sequence[tuple[str, Any]] | None
     ) -> pb.CheckResponse:
         started = time.perf_counter()
-        request = decoded(request)
         check = convert.check_input(request, self._limits)
         bypass = convert.bypass_cache(request)
         with self.tracing.decision(request.tenant) as span:
@@ -77,29 +119,39 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
     def Check(
         self, request: pb.CheckRequest | Undecodable, context: grpc.ServicerContext
     ) -> pb.CheckResponse:
-        return self._check(request, context.invocation_metadata())
+        return self._check(request, context, context.invocation_metadata(), None)
 
     @handle_errors
     def CheckBatch(
         self, request: pb.CheckBatchRequest | Undecodable, context: grpc.ServicerContext
     ) -> pb.CheckBatchResponse:
-        with self._slots:
-            return self._batch(request, context)
-
-    def _batch(
-        self, request: pb.CheckBatchRequest | Undecodable, context: grpc.ServicerContext
-    ) -> pb.CheckBatchResponse:
-        started = time.perf_counter()
         request = decoded(request)
         if len(request.items) > self._max_batch_items:
             raise InvalidRequest(
                 "items", f"{len(request.items)} items exceed the limit of {self._max_batch_items}"
             )
+        if self._rate_limits is not None:
+            self._admit(request.tenant, context, None, len(request.items))
+        self._take_slot(context)
+        try:
+            return self._batch(request, context)
+        finally:
+            self._slots.release()
+
+    def _batch(
+        self, request: pb.CheckBatchRequest, context: grpc.ServicerContext
+    ) -> pb.CheckBatchResponse:
+        started = time.perf_counter()
         inputs = convert.batch_inputs(request, self._limits)
         bypass = convert.bypass_cache(request)
         with self.tracing.decision(request.tenant, batch=True) as span:
             try:
-                results = self._engine.check_batch(request.tenant, inputs, bypass_cache=bypass)
+                results = self._engine.check_batch(
+                    request.tenant,
+                    inputs,
+                    bypass_cache=bypass,
+                    expired=functools.partial(_expired, context),
+                )
             except InvalidRequest as exc:
                 raise convert.batch_error_field(request, exc) from exc
             span.batch(inputs, results)
@@ -122,14 +174,20 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
                 "(max_check_streams); use Check or retry later",
             )
         metadata = context.invocation_metadata()  # the stream's, for every record
+        limits = self._rate_limits
+        client = client_identity(context) if limits and limits.client else None  # one per stream
         try:
             for request in request_iterator:
-                yield self._stream_answer(request, metadata)
+                yield self._stream_answer(request, context, metadata, client)
         finally:
             self._streams.release()
 
     def _stream_answer(
-        self, request: pb.CheckRequest | Undecodable, metadata: Sequence[tuple[str, Any]] | None
+        self,
+        request: pb.CheckRequest | Undecodable,
+        context: grpc.ServicerContext,
+        metadata: Sequence[tuple[str, Any]] | None,
+        client: str | None,
     ) -> pb.CheckStreamResponse:
         """One request of a stream decided, or the status Check would have ended with;
         counted and timed in the call metrics as one `CheckStream` call each, so the error
@@ -137,9 +195,14 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            return pb.CheckStreamResponse(result=self._check(request, metadata))
+            return pb.CheckStreamResponse(result=self._check(request, context, metadata, client))
         except Exception as exc:
             code, details = error_status(exc, "CheckStream")
             return pb.CheckStreamResponse(error=pb.CheckError(code=code.value[0], message=details))
         finally:
             self.metrics.rpc("CheckStream", code.name, time.perf_counter() - start)
+
+
+def _expired(context: grpc.ServicerContext) -> bool:
+    remaining = context.time_remaining()  # None: the caller set no deadline
+    return remaining is not None and remaining <= 0
