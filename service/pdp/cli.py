@@ -106,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-listen", help="host:port of /metrics (default 127.0.0.1:9464), or off"
     )
+    # The admin API and the kill switch (README, "Admin API").
+    serve.add_argument("--admin-listen", help="host:port (default 127.0.0.1:50052), or off")
+    serve.add_argument("--admin-audit-log", type=Path, help="audit log file (default: stderr)")
+    serve.add_argument("--data-dir", type=Path, help="state kept across restarts (default data)")
+    serve.add_argument("--kill-switch-file", type=Path, help="a kill switch while it exists")
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="ask for one decision")
@@ -135,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     from pdp.policytest.cli import add_commands  # `pdp test`, `pdp lint`
 
     add_commands(sub)
+    from pdp.admin.cli import add_admin_command  # `pdp admin`
+
+    add_admin_command(sub)
     return p
 
 
@@ -222,6 +230,10 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "decision_log_mask_paths",
             "decision_log_drop_paths",
             "metrics_listen",
+            "admin_listen",
+            "admin_audit_log",
+            "data_dir",
+            "kill_switch_file",
         )
         if (v := getattr(args, k)) is not None
     }
@@ -268,7 +280,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _human(r: dict[str, Any]) -> str:
     lines = [r["decision"]]
-    if r["determining_policies"]:
+    if r.get("reason"):
+        lines[0] += f"  ({r['reason']})"
+    elif r["determining_policies"]:
         lines[0] += f"  (determined by: {', '.join(r['determining_policies'])})"
     else:
         lines[0] += "  (no policy applied: denied by default)" if r["decision"] == "DENY" else ""

@@ -22,6 +22,7 @@ import cedarpy
 from pdp.bundle import Bundle, locate_entity_errors
 from pdp.decision_cache import DecisionCache, decision_key
 from pdp.errors import InvalidRequest, NotReady, UnknownTenant
+from pdp.kill_switch import KillSwitch
 from pdp.model import (
     DEFAULT_TENANT,
     CheckInput,
@@ -63,10 +64,14 @@ class Engine:
     """
 
     def __init__(
-        self, snapshot: Snapshot | None = None, cache: DecisionCache | None = None
+        self,
+        snapshot: Snapshot | None = None,
+        cache: DecisionCache | None = None,
+        kill_switch: KillSwitch | None = None,
     ) -> None:
         self._snapshot = snapshot
         self.cache = cache
+        self.kill_switch = kill_switch
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -95,6 +100,9 @@ class Engine:
 
     def check(self, tenant: str, request: CheckInput, *, bypass_cache: bool = False) -> CheckResult:
         bundle = self.bundle(tenant)
+        killed = self._killed(bundle, tenant, request)
+        if killed is not None:
+            return killed
         cache = self.cache
         if cache is None:
             return evaluate(bundle, [request])[0]
@@ -111,6 +119,22 @@ class Engine:
         self, tenant: str, requests: Sequence[CheckInput], *, bypass_cache: bool = False
     ) -> list[CheckResult]:
         bundle = self.bundle(tenant)  # every request on the same snapshot
+        if self.kill_switch is not None and self.kill_switch.any_active:
+            # Killed items are denied; the others are decided as a batch of their own.
+            killed = [self._killed(bundle, tenant, r) for r in requests]
+            at = [i for i, k in enumerate(killed) if k is None]
+            try:
+                rest = self._batch(bundle, tenant, [requests[i] for i in at], bypass_cache)
+            except InvalidRequest as exc:  # name the item by its index in the whole batch
+                index = None if exc.index is None else at[exc.index]
+                raise InvalidRequest(exc.field, exc.reason, index) from exc
+            fresh = iter(rest)
+            return [k if k is not None else next(fresh) for k in killed]
+        return self._batch(bundle, tenant, requests, bypass_cache)
+
+    def _batch(
+        self, bundle: Bundle, tenant: str, requests: Sequence[CheckInput], bypass_cache: bool
+    ) -> list[CheckResult]:
         cache = self.cache
         if cache is None:
             return _sliced(bundle, requests)
@@ -141,6 +165,15 @@ class Engine:
                 cache.put(key, result)
             results[i] = result
         return [r for r in results if r is not None]
+
+    def _killed(self, bundle: Bundle, tenant: str, request: CheckInput) -> CheckResult | None:
+        """The forced Deny of a killed scope, decided before the cache is read: a cached
+        Allow must never be served while the switch is on."""
+        kill = self.kill_switch
+        reason = None if kill is None else kill.reason(tenant, request.action)
+        if reason is None:
+            return None
+        return CheckResult(Decision.DENY, [], [], bundle.version, _decision_id(), reason=reason)
 
 
 def _sliced(bundle: Bundle, requests: Sequence[CheckInput]) -> list[CheckResult]:

@@ -4,7 +4,9 @@
     ├── InvalidRequest      a request field is malformed or does not match the schema
     ├── UnknownTenant       no bundle is loaded for the named tenant
     ├── NotReady            no bundle is active yet, or the server is shutting down
-    └── BundleError         a bundle failed to load; carries every `BundleProblem`
+    ├── BundleError         a bundle failed to load; carries every `BundleProblem`
+    ├── Unauthenticated     an admin call without valid credentials
+    └── PermissionDenied    an admin identity without the role the call needs
 
 The gRPC adapter maps `Code` to a status in one table (`pdp.grpc.status`); nothing
 below it knows about gRPC.
@@ -23,6 +25,9 @@ class Code(enum.Enum):
     UNAVAILABLE = "unavailable"
     FAILED_PRECONDITION = "failed_precondition"
     INTERNAL = "internal"
+    # admin API (`pdp.admin`)
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
 
 
 class PdpError(Exception):
@@ -84,3 +89,16 @@ class BundleError(PdpError):
         super().__init__(f"bundle {source} refused ({len(problems)} problem(s)):\n{lines}")
         self.source = source
         self.problems = problems
+
+
+# The admin API (`pdp.admin`): who may call it.
+class Unauthenticated(PdpError):
+    """No credentials, or credentials that do not verify (a token whose hash is unknown)."""
+
+    code = Code.UNAUTHENTICATED
+
+
+class PermissionDenied(PdpError):
+    """A verified identity that the allow-list does not grant the call's role."""
+
+    code = Code.PERMISSION_DENIED
