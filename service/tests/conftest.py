@@ -14,6 +14,7 @@ from .support import DOCS_BUNDLE, REPO, ServerProcess, running_server
 # Every server a test starts (and its `--workers` supervisor) serves metrics on a free port:
 # the default 127.0.0.1:9464 would be taken by the first one, or by another checkout's run.
 os.environ.setdefault("PDP_METRICS_LISTEN", "127.0.0.1:0")
+os.environ.setdefault("PDP_ADMIN_LISTEN", "127.0.0.1:0")  # the admin API too (50052)
 
 # CI runs the same examples every time: a property failure there is reproducible, not luck.
 settings.register_profile("ci", derandomize=True, database=None)
