@@ -5,6 +5,7 @@ Everything is validated before any port opens; a bad setting is reported by name
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
@@ -28,6 +29,17 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_THREADS = 4  # measured: bench/RESULTS.md, 2026-12-01
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 LISTEN = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host reaches only this machine (`localhost`, 127.0.0.0/8, ::1)."""
+    bare = host.strip("[]")
+    if bare == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to a routable address
 
 
 def default_bundle() -> Path:
@@ -233,6 +245,55 @@ class Settings(BaseSettings):
             if conflicts:
                 raise ValueError("; ".join(conflicts[t] for t in sorted(conflicts)))
         return v
+
+    # Transport security (`pdp.grpc.tls`) and per-caller limits (`pdp.rate_limit`).
+    tls_cert_file: Path | None = None
+    """PEM server certificate (chain) for the gRPC port; with `tls_key_file`, TLS is on.
+    Both are read again, before the next handshake, whenever they change on disk."""
+
+    tls_key_file: Path | None = None
+    """PEM private key (unencrypted) of `tls_cert_file`."""
+
+    tls_client_ca_file: Path | None = None
+    """PEM CA certificate(s) that client certificates must chain to (mutual TLS)."""
+
+    tls_require_client_cert: bool = False
+    """Refuse a connection without a client certificate from `tls_client_ca_file`."""
+
+    allow_plaintext: bool = Field(False, validate_default=True)
+    """Serve plaintext gRPC on an address other than loopback (refused without this)."""
+
+    @field_validator("allow_plaintext")
+    @classmethod
+    def _check_plaintext(cls, v: bool, info: ValidationInfo) -> bool:
+        listen = info.data.get("listen")
+        if v or listen is None or info.data.get("tls_cert_file") is not None:
+            return v
+        host = LISTEN.fullmatch(listen)
+        if host is not None and not is_loopback(host["host"]):
+            raise ValueError(
+                f"plaintext gRPC on {listen}, which is not a loopback address: configure "
+                "tls_cert_file and tls_key_file, or set allow_plaintext = true"
+            )
+        return v
+
+    rate_limit_per_tenant: float | None = Field(None, gt=0, le=10_000_000)
+    """Requests per second one tenant may make (per server process); None: no limit. A
+    CheckBatch costs its item count, each CheckStream request one."""
+
+    rate_limit_per_tenant_burst: int | None = Field(None, ge=1, le=100_000_000)
+    """Requests a tenant may make at once (default: one second's worth)."""
+
+    rate_limit_per_client: float | None = Field(None, gt=0, le=10_000_000)
+    """Requests per second one client may make (per server process): the client
+    certificate's identity, else the peer address without its port."""
+
+    rate_limit_per_client_burst: int | None = Field(None, ge=1, le=100_000_000)
+    """Requests a client may make at once (default: one second's worth)."""
+
+    rate_limit_max_keys: int = Field(10_000, ge=1, le=10_000_000)
+    """Most tenants and most clients each rate-limit table tracks; the least recently
+    seen is forgotten first (and starts again with a full budget)."""
 
     # The admin API and the kill switch (`pdp.admin`, `pdp.kill_switch`; README "Admin API").
     admin_listen: str = "127.0.0.1:50052"

@@ -5,6 +5,9 @@
     ├── UnknownTenant       no bundle is loaded for the named tenant
     ├── NotReady            no bundle is active yet, or the server is shutting down
     ├── BundleError         a bundle failed to load; carries every `BundleProblem`
+    ├── TlsConfigError      TLS files or settings that cannot be served (start-up only)
+    ├── RateLimited         a tenant's or client's request budget is spent
+    ├── DeadlineExceeded    the caller's deadline passed before its turn to decide
     ├── Unauthenticated     an admin call without valid credentials
     └── PermissionDenied    an admin identity without the role the call needs
 
@@ -25,6 +28,7 @@ class Code(enum.Enum):
     UNAVAILABLE = "unavailable"
     FAILED_PRECONDITION = "failed_precondition"
     INTERNAL = "internal"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     # admin API (`pdp.admin`)
     UNAUTHENTICATED = "unauthenticated"
     PERMISSION_DENIED = "permission_denied"
@@ -89,6 +93,33 @@ class BundleError(PdpError):
         super().__init__(f"bundle {source} refused ({len(problems)} problem(s)):\n{lines}")
         self.source = source
         self.problems = problems
+
+
+# Transport and abuse limits (pdp.grpc.tls, pdp.rate_limit).
+class TlsConfigError(PdpError):
+    """`setting` names the TLS setting at fault (a file it names, or a combination)."""
+
+    code = Code.FAILED_PRECONDITION
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.reason = message
+
+
+class RateLimited(PdpError):
+    """`limit` is the setting whose budget is spent (`rate_limit_per_tenant` or
+    `rate_limit_per_client`)."""
+
+    code = Code.RESOURCE_EXHAUSTED
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class DeadlineExceeded(PdpError):
+    code = Code.DEADLINE_EXCEEDED
 
 
 # The admin API (`pdp.admin`): who may call it.
