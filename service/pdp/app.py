@@ -242,13 +242,15 @@ class App:
     def _admin(self, server: PdpServer) -> AdminServer | None:
         """The admin API: on its own server (returned, not started yet), or on `server`."""
         from pdp.admin.server import AdminServer, add_admin_service, guard_of, refuse_plaintext
+        from pdp.grpc.tls import server_credentials
 
         s = self.settings
         if s.admin_listen == "off" and not s.admin_on_decision_port:
             return None
         guard = self._guard = guard_of(s)
         if not s.admin_on_decision_port:
-            return AdminServer(s.admin_listen, self, guard)
+            # The decision port's TLS settings: one certificate, one client CA, one reload.
+            return AdminServer(s.admin_listen, self, guard, server_credentials(s))
         # Instead of its own port: on the decision port, still behind the guard.
         refuse_plaintext("listen (admin_on_decision_port)", s.listen, None)
         add_admin_service(server.server, self, guard)

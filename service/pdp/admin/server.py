@@ -3,7 +3,6 @@ decision server when `admin_on_decision_port` is set; loopback unless TLS is on.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from concurrent import futures
@@ -13,9 +12,10 @@ import grpc
 from pdp._proto.v1 import admin_pb2 as apb
 from pdp.admin.audit import AuditLog
 from pdp.admin.auth import Authenticator
-from pdp.admin.guard import CertIdentity, Guard, add_guarded_service, no_certificate
+from pdp.admin.guard import Guard, add_guarded_service
 from pdp.admin.servicer import AdminServicer, Target
-from pdp.config import LISTEN, Settings
+from pdp.config import LISTEN, Settings, is_loopback
+from pdp.grpc.tls import peer_identity
 
 log = logging.getLogger("pdp.admin")
 
@@ -29,30 +29,20 @@ class AdminError(RuntimeError):
     """The admin API cannot be served as configured (refused before any port opens)."""
 
 
-def is_loopback(listen: str) -> bool:
-    m = LISTEN.fullmatch(listen)
-    host = m["host"].strip("[]") if m else ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name other than localhost may resolve anywhere
-
-
 def refuse_plaintext(setting: str, listen: str, credentials: grpc.ServerCredentials | None) -> None:
-    if credentials is None and not is_loopback(listen):
+    m = LISTEN.fullmatch(listen)
+    if credentials is None and not (m is not None and is_loopback(m["host"])):
         raise AdminError(
             f"{setting} {listen} is not a loopback address and TLS is not configured: "
             "refusing to serve the admin API in plaintext over the network"
         )
 
 
-def guard_of(settings: Settings, cert_identity: CertIdentity = no_certificate) -> Guard:
+def guard_of(settings: Settings) -> Guard:
     if not settings.admin_identities:
         log.warning("admin API: no admin_identities configured; every admin call is refused")
     return Guard(
-        Authenticator(settings.admin_identities), AuditLog(settings.admin_audit_log), cert_identity
+        Authenticator(settings.admin_identities), AuditLog(settings.admin_audit_log), peer_identity
     )
 
 

@@ -17,6 +17,7 @@ import pytest
 from pdp._proto.v1 import admin_pb2 as apb
 from pdp.admin.auth import METHOD_ROLES
 
+from ..certs import issue, make_ca, server_cert
 from ..support import pdp_command, running_server
 from .support import (
     BAD_TOKEN,
@@ -30,6 +31,7 @@ from .support import (
     serve_args,
     token_config,
     token_hash,
+    write_config,
 )
 
 OK = grpc.StatusCode.OK
@@ -206,3 +208,71 @@ def test_a_method_missing_from_the_role_table_is_refused_to_everyone() -> None:
             assert call(stub, "GetStatus", bearer(WRITE_TOKEN)) == DENIED
     finally:
         server.stop(0)
+
+
+# caller over mutual TLS -> (client cert, token, audit identity, read code, write code)
+CERT_CALLERS: dict[str, tuple[str, str, str, grpc.StatusCode, grpc.StatusCode]] = {
+    "unknown cert": ("stranger", "", "cert:spiffe://test/stranger", DENIED, DENIED),
+    "read cert": ("reader", "", "cert:spiffe://test/reader", OK, DENIED),
+    "write cert": ("writer", "", "cert:spiffe://test/writer", OK, OK),
+    "read cert, bad token": (
+        "reader",
+        BAD_TOKEN,
+        "token-sha256:",
+        UNAUTHENTICATED,
+        UNAUTHENTICATED,
+    ),
+    "read cert, write token": ("reader", WRITE_TOKEN, token_hash(WRITE_TOKEN), OK, OK),
+    "unknown cert, read token": ("stranger", READ_TOKEN, token_hash(READ_TOKEN), OK, DENIED),
+}
+
+
+def test_over_mutual_tls_certificate_identities_get_their_roles(tmp_path: Path) -> None:
+    """The same matrix for callers with a verified client certificate (its URI SAN is the
+    identity): unknown certificates are PERMISSION_DENIED, a bad token beside a good
+    certificate UNAUTHENTICATED, and a token adds its role to the certificate's."""
+    ca = make_ca("admin test CA")
+    server_crt, server_key = server_cert(ca).write(tmp_path, "server")
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(ca.cert_pem)
+    clients = {
+        name: issue(ca, name, uris=(f"spiffe://test/{name}",))
+        for name in ("stranger", "reader", "writer")
+    }
+    cfg = write_config(
+        tmp_path,
+        [
+            ("cert:spiffe://test/reader", "read"),
+            ("cert:spiffe://test/writer", "write"),
+            (token_hash(READ_TOKEN), "read"),
+            (token_hash(WRITE_TOKEN), "write"),
+        ],
+        f'tls_cert_file = "{server_crt}"\ntls_key_file = "{server_key}"\n'
+        f'tls_client_ca_file = "{ca_file}"\ntls_require_client_cert = true\n',
+    )
+    with running_server(serve_args(cfg)) as srv:
+        port = admin_port(srv)
+        expected, got = [], []
+        for caller, (client, token, _, read_code, write_code) in CERT_CALLERS.items():
+            creds = grpc.ssl_channel_credentials(
+                ca.cert_pem, clients[client].key_pem, clients[client].cert_pem
+            )
+            with grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+                stub = admin_stub(ch)
+                for method in CALLS:
+                    expected.append((caller, method, read_code if method in READS else write_code))
+                    got.append((caller, method, call(stub, method, bearer(token) if token else [])))
+        assert got == expected
+        # Without a client certificate the handshake itself is refused: no call is made.
+        with grpc.secure_channel(
+            f"127.0.0.1:{port}", grpc.ssl_channel_credentials(ca.cert_pem)
+        ) as ch:
+            assert (
+                call(admin_stub(ch), "GetStatus", bearer(WRITE_TOKEN))
+                == grpc.StatusCode.UNAVAILABLE
+            )
+    audit = audit_lines(cfg.audit)
+    assert len(audit) == len(expected)
+    for line, (caller, method, code) in zip(audit, expected, strict=True):
+        assert (line["method"].rsplit("/", 1)[1], line["code"]) == (method, code.name)
+        assert line["identity"].startswith(CERT_CALLERS[caller][2]), (caller, line)
