@@ -139,7 +139,11 @@ class KillSwitch:
         if not index:
             return None
         t = tenant or DEFAULT_TENANT
-        return index.get(EVERYTHING) or index.get((t, "", "")) or index.get((t, *_ref(action)))
+        return (
+            index.get(EVERYTHING)
+            or index.get((t, "", ""))
+            or index.get((t, action.type, action.id))
+        )
 
     @property
     def any_active(self) -> bool:
@@ -221,10 +225,6 @@ class KillSwitch:
         for k in self.active():
             index.setdefault(k.scope.key, PREFIX + k.reason)
         self._index = index  # one reference assignment: readers see the old or the new
-
-
-def _ref(action: EntityRef) -> tuple[str, str]:
-    return action.type, action.id
 
 
 def _describe(k: Kill) -> str:
