@@ -27,6 +27,7 @@ from pdp.config import Settings
 from pdp.decision_cache import DecisionCache
 from pdp.decision_log import DecisionLogger, decision_logger
 from pdp.engine import Engine
+from pdp.errors import NotReady
 from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
 from pdp.kill_switch import STATE_FILE, KillSwitch
@@ -129,8 +130,9 @@ class App:
     def reload_now(self, tenants: set[str] | None) -> None:
         """Reload on the event loop (one reload at a time, health updated) and wait."""
         loop = self._loop
-        if loop is None:
-            raise RuntimeError("not serving")
+        if loop is None or self._draining:
+            # Shutting down: the loop may close before it would run the reload.
+            raise NotReady("the server is shutting down; not reloading")
         asyncio.run_coroutine_threadsafe(self.reload(tenants), loop).result()
         if self.reuse_port:
             # A `--workers` worker: the supervisor forwards SIGHUP to every worker, so the

@@ -80,8 +80,8 @@ class Authenticator:
         digest = hashlib.sha256(token).digest()
         found: tuple[str, Role] | None = None
         for known, name, role in self._tokens:  # every hash compared: no early exit
-            if hmac.compare_digest(digest, known) and found is None:
-                found = (name, role)
+            if hmac.compare_digest(digest, known) and (found is None or role > found[1]):
+                found = (name, role)  # listed twice: the higher role, as for certificates
         if found is None:
             shown = f"{TOKEN_PREFIX}{digest.hex()[:16]}… (unknown)"
             return Caller(shown, None, Unauthenticated("the bearer token is not valid"))

@@ -301,13 +301,17 @@ def test_with_workers_worker_0_serves_admin_and_every_worker_applies_it(cfg: Adm
                         return False
             return True
 
-        pids = set()
-        for _ in range(12):
+        eventually(lambda: srv.log().count("listening on") == 2, timeout=30)  # both bound
+        pids: set[str] = set()
+
+        def both_workers_answer() -> bool:
             with grpc.insecure_channel(
                 srv.address, options=[("grpc.use_local_subchannel_pool", 1)]
             ) as ch:
                 pids.add(check(pb_grpc.AuthorizationServiceStub(ch)).decision_id.split("-")[0])
-        assert len(pids) == 2  # both workers answered (decision id prefixes are per process)
+            return len(pids) == 2  # decision id prefixes are per process
+
+        eventually(both_workers_answer, timeout=30)
         admin.kill("workers", tenant="default")
         applied = eventually(lambda: all_fresh_connections(DENY))
         reloaded = admin.stub.ReloadTenant(apb.ReloadTenantRequest(tenant="default"), metadata=AUTH)
@@ -317,3 +321,30 @@ def test_with_workers_worker_0_serves_admin_and_every_worker_applies_it(cfg: Adm
         admin.channel.close()
     assert applied < 5
     assert os.path.exists(cfg.data_dir / "kill_switch.json")
+
+
+def test_a_data_dir_that_cannot_hold_the_state_denies_all_and_refuses_to_set(
+    tmp_path: Path,
+) -> None:
+    """The state cannot be read (so it is unknown: fail closed) nor written (so a switch
+    set now would not survive a restart: the call fails, UNAVAILABLE)."""
+    not_a_dir = tmp_path / "not-a-dir"
+    not_a_dir.write_text("a file where data_dir should be")
+    cfg = token_config(tmp_path)
+    with (
+        running_server([*serve_args(cfg), "--data-dir", str(not_a_dir)]) as srv,
+        srv.channel() as ch,
+    ):
+        stub, admin = pb_grpc.AuthorizationServiceStub(ch), Admin(srv)
+        denied = check(stub)
+        assert denied.decision == DENY
+        assert denied.reason.startswith(
+            f"kill switch: state file {not_a_dir}/kill_switch.json unusable"
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            admin.kill("cannot persist", tenant="default")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "cannot persist the kill switch state" in (err.value.details() or "")
+        kills = admin.stub.GetKillSwitch(apb.GetKillSwitchRequest(), metadata=AUTH).kill_switches
+        assert [(k.scope.tenant, k.source) for k in kills] == [("", "admin")]  # unchanged
+        admin.channel.close()
