@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import watchfiles
 
@@ -26,6 +28,7 @@ from pdp.decision_cache import DecisionCache
 from pdp.decision_log import DecisionLogger, decision_logger
 from pdp.engine import Engine
 from pdp.entity_store import store_from_settings
+from pdp.errors import NotReady
 from pdp.grpc.convert import Limits
 from pdp.grpc.entity_servicer import EntityServicer
 from pdp.grpc.server import PdpServer
@@ -33,8 +36,13 @@ from pdp.grpc.tls import server_credentials
 from pdp.metrics import Metrics, NoMetrics, multiprocess_dir
 from pdp.metrics_server import MetricsListener, process_registry
 from pdp.rate_limit import RateLimits
-from pdp.reloader import Reloader
+from pdp.reloader import Reloader, TenantStatus
+from pdp.kill_switch import STATE_FILE, KillSwitch
 from pdp.tracing import Tracing
+
+if TYPE_CHECKING:
+    from pdp.admin.guard import Guard
+    from pdp.admin.server import AdminServer
 
 log = logging.getLogger("pdp")
 
@@ -61,7 +69,13 @@ class App:
         # Opened (and on first start created) here: a bad store URL or an unwritable data
         # directory fails before any port opens.
         self.store = store_from_settings(settings)
-        self.engine = Engine(cache=_decision_cache(settings), store=self.store)
+        # Read before the first decision: a switch set before a restart still applies.
+        self.kill_switch = KillSwitch(
+            settings.data_dir / STATE_FILE, settings.kill_switch_file, self._kill_switch_changed
+        )
+        self.engine = Engine(
+            cache=_decision_cache(settings), store=self.store, kill_switch=self.kill_switch
+        )
         self.sources = settings.bundle_sources()
         # A `--workers` worker records into the supervisor's shared-memory directory and
         # the supervisor serves the scrape; a single process serves its own.
@@ -78,10 +92,15 @@ class App:
                 ("hits", "misses", "evictions"),
                 {"entries": "entries", "bytes": "bytes"},
             )
+        self.metrics.kill_switches(k.scope.label() for k in self.kill_switch.active())
         self.reloader = Reloader(
             self.engine, self.sources, self.metrics, settings.entity_slice_depth
         )
         self._server: PdpServer | None = None
+        self._health_lock = threading.Lock()  # reloads (loop) vs. admin calls (their threads)
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._guard: Guard | None = None  # the admin API's, once serving
         self.decision_log: DecisionLogger | None = None
         self._stop = asyncio.Event()
         self._reloading = asyncio.Lock()
@@ -103,9 +122,47 @@ class App:
     def _update_health(self) -> None:
         # SERVING only while some tenant can be decided; once draining, the health
         # servicer stays NOT_SERVING whatever is set here.
+        with self._health_lock:
+            snapshot = self.engine.snapshot
+            if self._server is not None:
+                tenants = snapshot.bundles.keys() if snapshot else ()
+                ks = self.kill_switch
+                self._server.set_serving(
+                    tenants,
+                    killed={t for t in tenants if ks.tenant_reason(t)},
+                    all_killed=ks.tenant_reason("") is not None,
+                )
+
+    def _kill_switch_changed(self) -> None:
+        self.metrics.kill_switches(k.scope.label() for k in self.kill_switch.active())
+        self._update_health()
+
+    # ------------------------------------------------- what the admin API acts on --
+    def reload_now(self, tenants: set[str] | None) -> None:
+        """Reload on the event loop (one reload at a time, health updated) and wait."""
+        loop = self._loop
+        if loop is None or self._draining:
+            # Shutting down: the loop may close before it would run the reload.
+            raise NotReady("the server is shutting down; not reloading")
+        asyncio.run_coroutine_threadsafe(self.reload(tenants), loop).result()
+        if self.reuse_port:
+            # A `--workers` worker: the supervisor forwards SIGHUP to every worker, so the
+            # others reload too (all tenants; unchanged bundles are kept by digest).
+            os.kill(os.getppid(), signal.SIGHUP)
+
+    def tenants(self) -> Mapping[str, TenantStatus]:
+        status = dict(self.reloader.status)
+        for tenant in self.sources.scan().sources.keys() - status.keys():
+            status[tenant] = TenantStatus(False, None, "not loaded yet", 0.0)
+        return status
+
+    def serving(self, tenant: str | None) -> bool:
         snapshot = self.engine.snapshot
-        if self._server is not None:
-            self._server.set_serving(snapshot.bundles.keys() if snapshot else ())
+        if self._draining or snapshot is None or not snapshot.bundles:
+            return False
+        if tenant is None:
+            return self.kill_switch.tenant_reason("") is None
+        return tenant in snapshot.bundles and self.kill_switch.tenant_reason(tenant) is None
 
     def request_stop(self) -> None:
         if self._stop.is_set():
@@ -150,6 +207,8 @@ class App:
             rate_limits=RateLimits.of(s),
         )
         self._server = server
+        self._loop = asyncio.get_running_loop()
+        admin = self._admin(server)  # before any port serves: a refused admin setup exits
         self._update_health()  # before the first call: the health servicer starts SERVING
         server.start()
         host = s.listen.rsplit(":", 1)[0]
@@ -162,18 +221,30 @@ class App:
             "tls" if s.tls_cert_file else "plaintext",
             ", ".join(tenants),
         )
+        if admin is not None:
+            admin.start()
+            log.info("admin API on %s:%d", s.admin_listen.rsplit(":", 1)[0], admin.port)
+        elif s.admin_on_decision_port:
+            log.info("admin API on the decision port")
         if on_listening:
             on_listening(server.port)
         watcher = asyncio.create_task(self._watch()) if s.watch else None
+        poller = asyncio.create_task(self._poll_kill_switch())
         # Signals stay handled until the end: a second Ctrl-C or a SIGHUP while draining
         # must not kill the process with calls in flight.
         with _signals(self):
             await self._stop.wait()
             try:
+                self._draining = True
                 server.enter_shutdown()  # health NOT_SERVING from here on
+                if admin is not None:
+                    admin.stop(0)  # nothing to drain: a client retries an admin call
+                poller.cancel()
                 if watcher:
                     watcher.cancel()
-                    await asyncio.gather(watcher, *self._tasks, return_exceptions=True)
+                await asyncio.gather(
+                    poller, *filter(None, [watcher]), *self._tasks, return_exceptions=True
+                )
                 if s.drain_seconds:
                     log.info(
                         "shutting down: NOT_SERVING, still answering for %.1fs", s.drain_seconds
@@ -187,6 +258,8 @@ class App:
                     # Every answered call's records are written before the process exits.
                     await asyncio.to_thread(self.decision_log.close)
                 self.store.close()
+                if self._guard is not None:
+                    self._guard.audit.close()
         log.info("stopped")
 
     def _entity_service(self, tracing: Tracing) -> EntityServicer | None:
@@ -199,6 +272,34 @@ class App:
             tracing=tracing,
             metrics=self.metrics,
         )
+
+    def _admin(self, server: PdpServer) -> AdminServer | None:
+        """The admin API: on its own server (returned, not started yet), or on `server`."""
+        from pdp.admin.server import AdminServer, add_admin_service, guard_of, refuse_plaintext
+        from pdp.grpc.tls import server_credentials
+
+        s = self.settings
+        if s.admin_listen == "off" and not s.admin_on_decision_port:
+            return None
+        guard = self._guard = guard_of(s)
+        if not s.admin_on_decision_port:
+            # The decision port's TLS settings: one certificate, one client CA, one reload.
+            return AdminServer(s.admin_listen, self, guard, server_credentials(s))
+        # Instead of its own port: on the decision port, still behind the guard.
+        refuse_plaintext("listen (admin_on_decision_port)", s.listen, None)
+        add_admin_service(server.server, self, guard)
+        return None
+
+    async def _poll_kill_switch(self) -> None:
+        """Apply changes to the kill switch files (the flag, and with `--workers` the state
+        written by worker 0) within `kill_switch_poll_ms`, whatever else is going on."""
+        interval = self.settings.kill_switch_poll_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.kill_switch.refresh()
+            except Exception:  # never stop watching: the flag is the way in when all else fails
+                log.exception("kill switch: checking its files failed; checking again")
 
     @contextlib.contextmanager
     def _metrics_exported(self) -> Iterator[None]:

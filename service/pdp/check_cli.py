@@ -93,4 +93,5 @@ def response_dict(r: pb.CheckResponse) -> dict[str, Any]:
             "digest": r.policy_version.digest,
         },
         "decision_id": r.decision_id,
+        "reason": r.reason,
     }

@@ -120,6 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--rate-limit-per-client", type=float, metavar="PER_SECOND")
     serve.add_argument("--rate-limit-per-client-burst", type=int)
     serve.add_argument("--rate-limit-max-keys", type=int)
+    # The admin API and the kill switch (README, "Admin API").
+    serve.add_argument("--admin-listen", help="host:port (default 127.0.0.1:50052), or off")
+    serve.add_argument("--admin-audit-log", type=Path, help="audit log file (default: stderr)")
+    serve.add_argument("--data-dir", type=Path, help="state kept across restarts (default data)")
+    serve.add_argument("--kill-switch-file", type=Path, help="a kill switch while it exists")
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="ask for one decision")
@@ -155,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     from pdp import entities_cli  # `pdp entities import/export`
 
     entities_cli.add_commands(sub)
+    from pdp.admin.cli import add_admin_command  # `pdp admin`
+
+    add_admin_command(sub)
     return p
 
 
@@ -257,6 +265,10 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "rate_limit_per_client",
             "rate_limit_per_client_burst",
             "rate_limit_max_keys",
+            "admin_listen",
+            "admin_audit_log",
+            "data_dir",
+            "kill_switch_file",
         )
         if (v := getattr(args, k)) is not None
     }
@@ -303,7 +315,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _human(r: dict[str, Any]) -> str:
     lines = [r["decision"]]
-    if r["determining_policies"]:
+    if r.get("reason"):
+        lines[0] += f"  ({r['reason']})"
+    elif r["determining_policies"]:
         lines[0] += f"  (determined by: {', '.join(r['determining_policies'])})"
     else:
         lines[0] += "  (no policy applied: denied by default)" if r["decision"] == "DENY" else ""

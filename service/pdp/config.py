@@ -18,6 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pdp.admin.identities import AdminIdentity
 from pdp.masking import parse_path
 from pdp.model import DEFAULT_TENANT, TENANT_NAME
 from pdp.tenants import BundleSources
@@ -251,7 +252,8 @@ class Settings(BaseSettings):
     (a store replicas share)."""
 
     data_dir: Path = Path("data")
-    """Where the PDP keeps its state (the SQLite entity store), created on first start."""
+    """Where the PDP keeps state that must survive a restart (the SQLite entity store, the
+    kill switch's), created on first start."""
 
     entity_slice_depth: int = Field(2, ge=0, le=8)
     """Hops of attribute references a check's entity slice follows from the principal,
@@ -322,6 +324,54 @@ class Settings(BaseSettings):
     rate_limit_max_keys: int = Field(10_000, ge=1, le=10_000_000)
     """Most tenants and most clients each rate-limit table tracks; the least recently
     seen is forgotten first (and starts again with a full budget)."""
+
+    # The admin API and the kill switch (`pdp.admin`, `pdp.kill_switch`; README "Admin API").
+    admin_listen: str = "127.0.0.1:50052"
+    """host:port of the AdminService, or `off`; never the decision port (below). A listener
+    on an address other than loopback needs TLS. With `--workers`, worker 0 serves it."""
+
+    admin_on_decision_port: bool = False
+    """Serve the AdminService on the decision port (`listen`) as well: every call is still
+    authenticated and authorized. Not with `--workers` (each worker would keep its own
+    kill switch state)."""
+
+    admin_identities: list[AdminIdentity] = Field(default_factory=list)
+    """The allow-list: `[{identity = "cert:<id>" | "token-sha256:<hex>", role = "read" |
+    "write"}]`. Empty: every admin call is refused."""
+
+    admin_audit_log: Path | None = None
+    """File the audit log (one JSON line per admin call) is appended to; default: the
+    `pdp.audit` logger on stderr."""
+
+    kill_switch_file: Path | None = None
+    """While this file exists its content (JSON: {"scope": {...}, "reason": "..."}, or a
+    list; empty: the whole PDP) is a kill switch, for when the admin side is down."""
+
+    kill_switch_poll_ms: int = Field(100, ge=10, le=60_000)
+    """How often the kill switch files are checked for changes (and, with `--workers`, how
+    soon the other workers apply a switch set through worker 0)."""
+
+    @field_validator("admin_listen")
+    @classmethod
+    def _check_admin_listen(cls, v: str) -> str:
+        m = LISTEN.fullmatch(v)
+        if v != "off" and (m is None or int(m["port"]) > 65535):
+            raise ValueError("must be host:port with a port from 0 to 65535, or off")
+        return v
+
+    @field_validator("admin_on_decision_port")
+    @classmethod
+    def _check_admin_port(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("workers", 1) > 1:
+            raise ValueError("not with workers > 1: each worker would keep its own state")
+        return v
+
+    @field_validator("admin_audit_log")
+    @classmethod
+    def _check_audit_log(cls, v: Path | None) -> Path | None:
+        if v is not None and (v.is_dir() or not v.parent.is_dir()):
+            raise ValueError(f"must be a file in an existing directory: {v}")
+        return v
 
     @property
     def check_streams(self) -> int:

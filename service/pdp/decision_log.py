@@ -347,7 +347,9 @@ class DecisionLogger:
             f'"determining_policies":{json.dumps(list(res.determining_policies))},'
             f'"errors":{json.dumps(errors, separators=(",", ":")) if errors else "[]"},'
             f'"policy_version":{memo.version(res.version)},'
-            f'"cache_hit":{"true" if res.cache_hit else "false"},{timing},"batch":{batch},'
+            f'"cache_hit":{"true" if res.cache_hit else "false"},'
+            f'"reason":{json.dumps(_fit(res.reason, stats, "reason", MAX_MESSAGE))},'
+            f'{timing},"batch":{batch},'
             f'"context":{context},"entities":{entities},"masked":{stats.masked},'
             f'"truncated":{json.dumps(sorted(stats.truncated)) if stats.truncated else "[]"}}}'
         )

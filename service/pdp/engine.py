@@ -32,6 +32,7 @@ from pdp.entity_slice import (
 from pdp.entity_slice import request_entities as sliced_request_entities
 from pdp.entity_store.api import EntityStore
 from pdp.errors import DeadlineExceeded, InvalidRequest, NotReady, UnknownTenant
+from pdp.kill_switch import KillSwitch
 from pdp.model import (
     DEFAULT_TENANT,
     CheckInput,
@@ -78,11 +79,13 @@ class Engine:
         snapshot: Snapshot | None = None,
         cache: DecisionCache | None = None,
         store: EntityStore | None = None,
+        kill_switch: KillSwitch | None = None,
     ) -> None:
         self._snapshot = snapshot
         self.cache = cache
         self.store = store  # the entity store decisions slice, beside the bundle's entities
         self.slices = SliceCache()  # slices read, by data version (`pdp.entity_slice`)
+        self.kill_switch = kill_switch
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -119,6 +122,9 @@ class Engine:
 
     def check(self, tenant: str, request: CheckInput, *, bypass_cache: bool = False) -> CheckResult:
         bundle = self.bundle(tenant)
+        killed = self._killed(bundle, tenant, request)
+        if killed is not None:
+            return killed
         name = tenant or DEFAULT_TENANT
         source, version = self._source(name)
         cache = self.cache
@@ -150,6 +156,29 @@ class Engine:
         """`expired` is asked between slices: once true, the rest is not decided
         (DeadlineExceeded): whoever asked has stopped waiting."""
         bundle = self.bundle(tenant)  # every request on the same snapshot
+        if self.kill_switch is not None and self.kill_switch.any_active:
+            # Killed items are denied; the others are decided as a batch of their own.
+            killed = [self._killed(bundle, tenant, r) for r in requests]
+            at = [i for i, k in enumerate(killed) if k is None]
+            try:
+                rest = self._batch(
+                    bundle, tenant, [requests[i] for i in at], bypass_cache, expired
+                )
+            except InvalidRequest as exc:  # name the item by its index in the whole batch
+                index = None if exc.index is None else at[exc.index]
+                raise InvalidRequest(exc.field, exc.reason, index) from exc
+            fresh = iter(rest)
+            return [k if k is not None else next(fresh) for k in killed]
+        return self._batch(bundle, tenant, requests, bypass_cache, expired)
+
+    def _batch(
+        self,
+        bundle: Bundle,
+        tenant: str,
+        requests: Sequence[CheckInput],
+        bypass_cache: bool,
+        expired: Callable[[], bool] | None,
+    ) -> list[CheckResult]:
         name = tenant or DEFAULT_TENANT
         source, version = self._source(name)
         cache = self.cache
@@ -183,6 +212,15 @@ class Engine:
                 cache.put(stored_under(key, bundle, result.data_version), result)
             results[i] = result
         return [r for r in results if r is not None]
+
+    def _killed(self, bundle: Bundle, tenant: str, request: CheckInput) -> CheckResult | None:
+        """The forced Deny of a killed scope, decided before the cache is read: a cached
+        Allow must never be served while the switch is on."""
+        kill = self.kill_switch
+        reason = None if kill is None else kill.reason(tenant, request.action)
+        if reason is None:
+            return None
+        return CheckResult(Decision.DENY, [], [], bundle.version, _decision_id(), reason=reason)
 
 
 def _sliced(

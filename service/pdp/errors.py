@@ -10,7 +10,9 @@
     └── EntityRejected      an entity store write refused (schema, cycle, cap): nothing written
     ├── TlsConfigError      TLS files or settings that cannot be served (start-up only)
     ├── RateLimited         a tenant's or client's request budget is spent
-    └── DeadlineExceeded    the caller's deadline passed before its turn to decide
+    ├── DeadlineExceeded    the caller's deadline passed before its turn to decide
+    ├── Unauthenticated     an admin call without valid credentials
+    └── PermissionDenied    an admin identity without the role the call needs
 
 The gRPC adapter maps `Code` to a status in one table (`pdp.grpc.status`); nothing
 below it knows about gRPC.
@@ -30,6 +32,9 @@ class Code(enum.Enum):
     FAILED_PRECONDITION = "failed_precondition"
     INTERNAL = "internal"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    # admin API (`pdp.admin`)
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
 
 
 class PdpError(Exception):
@@ -165,3 +170,16 @@ class RateLimited(PdpError):
 
 class DeadlineExceeded(PdpError):
     code = Code.DEADLINE_EXCEEDED
+
+
+# The admin API (`pdp.admin`): who may call it.
+class Unauthenticated(PdpError):
+    """No credentials, or credentials that do not verify (a token whose hash is unknown)."""
+
+    code = Code.UNAUTHENTICATED
+
+
+class PermissionDenied(PdpError):
+    """A verified identity that the allow-list does not grant the call's role."""
+
+    code = Code.PERMISSION_DENIED

@@ -149,6 +149,14 @@ class Metrics:
             ["tenant", "limit"],
             registry=r,
         )
+        self.kill_switch_active = Gauge(
+            "pdp_kill_switch_active",
+            "1 for each kill switch scope in force (pdp, tenant=T, tenant=T,action=A).",
+            ["scope"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._killed: set[str] = set()
         self._tenants: dict[str, _Tenant] = {}  # replaced whole, read without a lock
         self._children: dict[tuple[str, str, str], Any] = {}  # bounded: labels are bounded
         self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -224,6 +232,20 @@ class Metrics:
         with self._lock:
             self.reload_failures.labels(tenant).inc()
             self.reload_failed_at.labels(tenant).set(time.time())
+
+    # ------------------------------------------------------------------ kill switch --
+    def kill_switches(self, scopes: Iterable[str]) -> None:
+        """The scopes killed now (labels of `pdp.kill_switch.Scope`); the others cleared."""
+        now = set(scopes)
+        with self._lock:
+            for scope in self._killed - now:
+                if self.multiprocess:  # shared-memory values cannot be removed
+                    self.kill_switch_active.labels(scope).set(0)
+                else:
+                    self.kill_switch_active.remove(scope)
+            for scope in now:
+                self.kill_switch_active.labels(scope).set(1)
+            self._killed = now
 
     def _drop_info(self, tenant: str, version: tuple[str, str, str]) -> None:
         if self.multiprocess:
@@ -322,6 +344,9 @@ class NoMetrics(Metrics):
         pass
 
     def reload_failed(self, tenant: str) -> None:
+        pass
+
+    def kill_switches(self, scopes: Iterable[str]) -> None:
         pass
 
 

@@ -88,3 +88,6 @@ class CheckResult:
     decision_id: str
     cache_hit: bool = False  # answered from the decision cache
     data_version: int = 0  # the entity store data version the decision read
+    # Why a Deny was forced without evaluating policies (kill switch, stale bundle); empty
+    # when the policies decided.
+    reason: str = ""

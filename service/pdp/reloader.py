@@ -38,6 +38,7 @@ class TenantStatus:
     error: str | None
     at: float  # time.time() of the last attempt
     failures: int = 0  # failed attempts since start
+    loaded_at: float = 0.0  # time.time() when the served version was first loaded
 
 
 class Reloader:
@@ -145,8 +146,15 @@ class Reloader:
                 source.origin,
             )
         old = self._status.get(tenant)
+        now = time.time()
+        same = old is not None and old.version == bundle.version
         self._status[tenant] = TenantStatus(
-            True, bundle.version, None, time.time(), old.failures if old else 0
+            True,
+            bundle.version,
+            None,
+            now,
+            old.failures if old else 0,
+            old.loaded_at if old is not None and same else now,
         )
         self._metrics.bundle_loaded(tenant, bundle)
         return bundle
@@ -173,6 +181,7 @@ class Reloader:
             message,
             time.time(),
             (old.failures if old else 0) + 1,
+            old.loaded_at if old else 0.0,
         )
 
 

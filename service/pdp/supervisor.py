@@ -77,7 +77,12 @@ def _supervise(
     env.pop(MULTIPROC_ENV, None)
     if directory is not None:
         env[MULTIPROC_ENV] = directory  # read by prometheus-client as a worker imports it
-    procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
+    # Worker 0 alone serves the admin API (its port cannot be shared); the others apply
+    # its kill switch through the state file and reload on the SIGHUP it sends here.
+    procs = [
+        subprocess.Popen(command if i == 0 else [*command, "--admin-listen", "off"], env=env)
+        for i in range(workers)
+    ]
     log.info("supervising %d workers on %s: pids %s", workers, listen, [p.pid for p in procs])
     if directory is not None:
         log.info("worker metrics in %s", directory)

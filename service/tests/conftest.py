@@ -17,6 +17,7 @@ from .support import DOCS_BUNDLE, REPO, ServerProcess, running_server
 os.environ.setdefault("PDP_METRICS_LISTEN", "127.0.0.1:0")
 # ...and keeps its entity store in this run's own directory, not in the checkout's ./data.
 os.environ.setdefault("PDP_DATA_DIR", tempfile.mkdtemp(prefix="pdp-test-data-"))
+os.environ.setdefault("PDP_ADMIN_LISTEN", "127.0.0.1:0")  # the admin API too (50052)
 
 # CI runs the same examples every time: a property failure there is reproducible, not luck.
 settings.register_profile("ci", derandomize=True, database=None)

@@ -179,7 +179,7 @@ def test_the_schema_refuses_what_a_record_must_not_be() -> None:
         "resource": {"type": "Thing", "id": "t"}, "decision": "allow",
         "determining_policies": [], "errors": [],
         "policy_version": {"bundle": "b", "version": "1", "digest": "sha256:" + "0" * 64},
-        "cache_hit": False, "latency_us": 5, "trace_id": None, "batch": None,
+        "cache_hit": False, "reason": "", "latency_us": 5, "trace_id": None, "batch": None,
         "context": {}, "entities": None, "masked": 0, "truncated": [],
     }  # fmt: skip
     validate(good)

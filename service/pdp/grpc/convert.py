@@ -273,4 +273,5 @@ def check_response(result: CheckResult) -> pb.CheckResponse:
         decision_id=result.decision_id,
         cache_hit=result.cache_hit,
         data_version=result.data_version,
+        reason=result.reason,
     )

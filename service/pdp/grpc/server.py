@@ -118,13 +118,19 @@ class PdpServer:
     def start(self) -> None:
         self.server.start()
 
-    def set_serving(self, tenants: Collection[str]) -> None:
+    def set_serving(
+        self, tenants: Collection[str], killed: Collection[str] = (), all_killed: bool = False
+    ) -> None:
         """Health of the tenants that have a bundle: each SERVING under its own name, and
         the server ("" and the service's name) SERVING while there is at least one.
-        Tenants are never dropped (`pdp.reloader`), so a name once SERVING stays so."""
-        status = SERVING if tenants else NOT_SERVING
-        for name in ("", SERVICE_NAME, *sorted(tenants)):
-            self.health.set(name, status)
+        Tenants are never dropped (`pdp.reloader`), so a name once known stays so. A
+        tenant under a kill switch (`killed`, or `all_killed`: the whole PDP, which takes
+        the server with it) is NOT_SERVING: it answers Deny, whatever its policies say."""
+        status = SERVING if tenants and not all_killed else NOT_SERVING
+        self.health.set("", status)
+        self.health.set(SERVICE_NAME, status)
+        for name in sorted(tenants):
+            self.health.set(name, NOT_SERVING if all_killed or name in killed else SERVING)
 
     def enter_shutdown(self) -> None:
         """Report NOT_SERVING for good, for every name; calls are still answered until `stop`."""

@@ -22,6 +22,9 @@ GRPC_STATUS: dict[Code, grpc.StatusCode] = {
     Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
     Code.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    # admin API (`pdp.admin`)
+    Code.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Code.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 MAX_DETAILS = 2000  # status details travel in HTTP/2 trailers, which peers cap at 8-16 KiB

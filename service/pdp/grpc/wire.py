@@ -35,7 +35,7 @@ def decoded(request: M | Undecodable) -> M:
     return request
 
 
-def _lenient(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+def lenient(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
     def deserialize(data: bytes) -> Message | Undecodable:
         try:
             return cls.FromString(data)
@@ -56,7 +56,7 @@ def add_authorization_service(servicer: Any, server: grpc.Server) -> None:
     }
     stream = grpc.stream_stream_rpc_method_handler(
         servicer.CheckStream,
-        request_deserializer=_lenient(pb.CheckRequest),
+        request_deserializer=lenient(pb.CheckRequest),
         response_serializer=pb.CheckStreamResponse.SerializeToString,
     )
     service = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
@@ -73,7 +73,7 @@ def add_unary_service(
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             method,
-            request_deserializer=_lenient(request),
+            request_deserializer=lenient(request),
             response_serializer=response.SerializeToString,
         )
         for name, (method, request, response) in methods.items()

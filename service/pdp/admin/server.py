@@ -1,0 +1,85 @@
+"""Where the AdminService listens: its own small gRPC server (`admin_listen`), or the
+decision server when `admin_on_decision_port` is set; loopback unless TLS is on."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+
+from pdp._proto.v1 import admin_pb2 as apb
+from pdp.admin.audit import AuditLog
+from pdp.admin.auth import Authenticator
+from pdp.admin.guard import Guard, add_guarded_service
+from pdp.admin.servicer import AdminServicer, Target
+from pdp.config import LISTEN, Settings, is_loopback
+from pdp.grpc.tls import peer_identity
+
+log = logging.getLogger("pdp.admin")
+
+SERVICE = apb.DESCRIPTOR.services_by_name["AdminService"]
+THREADS = 4  # admin calls are rare; a reload holds its thread until it is done
+MAX_RPCS = 16
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class AdminError(RuntimeError):
+    """The admin API cannot be served as configured (refused before any port opens)."""
+
+
+def refuse_plaintext(setting: str, listen: str, credentials: grpc.ServerCredentials | None) -> None:
+    m = LISTEN.fullmatch(listen)
+    if credentials is None and not (m is not None and is_loopback(m["host"])):
+        raise AdminError(
+            f"{setting} {listen} is not a loopback address and TLS is not configured: "
+            "refusing to serve the admin API in plaintext over the network"
+        )
+
+
+def guard_of(settings: Settings) -> Guard:
+    if not settings.admin_identities:
+        log.warning("admin API: no admin_identities configured; every admin call is refused")
+    return Guard(
+        Authenticator(settings.admin_identities), AuditLog(settings.admin_audit_log), peer_identity
+    )
+
+
+def add_admin_service(server: grpc.Server, target: Target, guard: Guard) -> None:
+    add_guarded_service(server, SERVICE, AdminServicer(target), guard)
+
+
+class AdminServer:
+    """The AdminService on its own port, with its own few threads: a flood of decisions
+    cannot starve it, nor it them."""
+
+    def __init__(
+        self,
+        listen: str,
+        target: Target,
+        guard: Guard,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
+        refuse_plaintext("admin_listen", listen, credentials)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="pdp-admin"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),  # a taken admin port fails, never shares
+            ],
+            maximum_concurrent_rpcs=MAX_RPCS,
+        )
+        add_admin_service(self.server, target, guard)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(listen)
+        else:
+            self.port = self.server.add_secure_port(listen, credentials)
+        if self.port == 0:
+            raise OSError(f"cannot listen on admin_listen {listen}")
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self, grace: float) -> threading.Event:
+        return self.server.stop(grace)
