@@ -21,10 +21,13 @@ from pathlib import Path
 
 import watchfiles
 
+from pdp.admission import Admission
 from pdp.config import Settings
 from pdp.decision_cache import DecisionCache
 from pdp.decision_log import DecisionLogger, decision_logger
 from pdp.engine import Engine
+from pdp.errors import BundleError, BundleProblem
+from pdp.freshness import Freshness
 from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
 from pdp.metrics import Metrics, NoMetrics, multiprocess_dir
@@ -54,7 +57,10 @@ class App:
         self.reuse_port = reuse_port  # a `--workers` sibling shares the port
         # Started by `run`, so only a process that serves has an exporter thread.
         self.start_tracing = tracing
-        self.engine = Engine(cache=_decision_cache(settings))
+        self.freshness = (
+            None if settings.max_bundle_age is None else Freshness(settings.max_bundle_age)
+        )
+        self.engine = Engine(cache=_decision_cache(settings), freshness=self.freshness)
         self.sources = settings.bundle_sources()
         # A `--workers` worker records into the supervisor's shared-memory directory and
         # the supervisor serves the scrape; a single process serves its own.
@@ -71,7 +77,21 @@ class App:
                 ("hits", "misses", "evictions"),
                 {"entries": "entries", "bytes": "bytes"},
             )
-        self.reloader = Reloader(self.engine, self.sources, self.metrics)
+        try:
+            admission = Admission.of(
+                settings.bundle_verification_keys,
+                settings.allow_bundle_rollback,
+                settings.data_dir,
+            )
+        except ValueError as exc:  # the version state file: never read as empty
+            raise BundleError(str(settings.data_dir), [BundleProblem("", str(exc))]) from exc
+        self.reloader = Reloader(
+            self.engine,
+            self.sources,
+            self.metrics,
+            admission=admission,
+            freshness=self.freshness,
+        )
         self._server: PdpServer | None = None
         self.decision_log: DecisionLogger | None = None
         self._stop = asyncio.Event()
@@ -95,8 +115,11 @@ class App:
         # SERVING only while some tenant can be decided; once draining, the health
         # servicer stays NOT_SERVING whatever is set here.
         snapshot = self.engine.snapshot
+        tenants = snapshot.bundles.keys() if snapshot else set()
+        stale = self.freshness.stale_tenants(tenants) if self.freshness else set()
+        self.metrics.staleness(tenants, stale)
         if self._server is not None:
-            self._server.set_serving(snapshot.bundles.keys() if snapshot else ())
+            self._server.set_serving(tenants, stale)
 
     def request_stop(self) -> None:
         if self._stop.is_set():
@@ -147,15 +170,19 @@ class App:
         if on_listening:
             on_listening(server.port)
         watcher = asyncio.create_task(self._watch()) if s.watch else None
+        confirmer = asyncio.create_task(self._confirm()) if self.freshness else None
         # Signals stay handled until the end: a second Ctrl-C or a SIGHUP while draining
         # must not kill the process with calls in flight.
         with _signals(self):
             await self._stop.wait()
             try:
                 server.enter_shutdown()  # health NOT_SERVING from here on
-                if watcher:
-                    watcher.cancel()
-                    await asyncio.gather(watcher, *self._tasks, return_exceptions=True)
+                for task in (watcher, confirmer):
+                    if task:
+                        task.cancel()
+                await asyncio.gather(
+                    *(t for t in (watcher, confirmer) if t), *self._tasks, return_exceptions=True
+                )
                 if s.drain_seconds:
                     log.info(
                         "shutting down: NOT_SERVING, still answering for %.1fs", s.drain_seconds
@@ -188,6 +215,26 @@ class App:
                 yield
             finally:
                 listener.close()
+
+    async def _confirm(self) -> None:
+        """`max_bundle_age`: re-read every source each `bundle_confirm_interval_seconds` (a
+        reload: an unchanged bundle is confirmed by its digest and signature, a changed one
+        by loading it), and mark tenants stale in health and metrics the moment their age
+        passes, not at the next re-read."""
+        assert self.freshness is not None
+        interval = self.settings.bundle_confirm_interval_seconds
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval
+        while True:
+            if loop.time() >= due:
+                await self.reload()  # updates health
+                due = loop.time() + interval
+            else:
+                self._update_health()
+            expiry = self.freshness.next_expiry()
+            wake = due if expiry is None else min(due, loop.time() + expiry)
+            # Just past the expiry, so the tenant is stale when looked at.
+            await asyncio.sleep(max(0.0, wake - loop.time()) + 0.01)
 
     async def _watch(self) -> None:
         """Watch until cancelled; whatever fails, log it and watch again."""

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -22,6 +22,7 @@ import cedarpy
 from pdp.bundle import Bundle, locate_entity_errors
 from pdp.decision_cache import DecisionCache, decision_key
 from pdp.errors import InvalidRequest, NotReady, UnknownTenant
+from pdp.freshness import Freshness
 from pdp.model import (
     DEFAULT_TENANT,
     CheckInput,
@@ -63,10 +64,14 @@ class Engine:
     """
 
     def __init__(
-        self, snapshot: Snapshot | None = None, cache: DecisionCache | None = None
+        self,
+        snapshot: Snapshot | None = None,
+        cache: DecisionCache | None = None,
+        freshness: Freshness | None = None,
     ) -> None:
         self._snapshot = snapshot
         self.cache = cache
+        self.freshness = freshness  # `max_bundle_age`: a stale tenant denies everything
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -93,8 +98,20 @@ class Engine:
             raise UnknownTenant(tenant or DEFAULT_TENANT)
         return bundle
 
+    def _forced_deny(self, tenant: str, bundle: Bundle) -> CheckResult | None:
+        """The Deny a stale tenant answers, ahead of the cache and of any evaluation."""
+        if self.freshness is None:
+            return None
+        reason = self.freshness.stale(tenant or DEFAULT_TENANT)
+        if reason is None:
+            return None
+        return CheckResult(Decision.DENY, [], [], bundle.version, _decision_id(), reason=reason)
+
     def check(self, tenant: str, request: CheckInput, *, bypass_cache: bool = False) -> CheckResult:
         bundle = self.bundle(tenant)
+        forced = self._forced_deny(tenant, bundle)
+        if forced is not None:
+            return forced
         cache = self.cache
         if cache is None:
             return evaluate(bundle, [request])[0]
@@ -111,6 +128,9 @@ class Engine:
         self, tenant: str, requests: Sequence[CheckInput], *, bypass_cache: bool = False
     ) -> list[CheckResult]:
         bundle = self.bundle(tenant)  # every request on the same snapshot
+        forced = self._forced_deny(tenant, bundle)
+        if forced is not None:
+            return [replace(forced, decision_id=_decision_id()) for _ in requests]
         cache = self.cache
         if cache is None:
             return _sliced(bundle, requests)

@@ -87,3 +87,6 @@ class CheckResult:
     version: BundleVersion
     decision_id: str
     cache_hit: bool = False  # answered from the decision cache
+    # Why a Deny was forced without evaluating policies (kill switch, stale bundle); empty
+    # when the policies decided.
+    reason: str = ""

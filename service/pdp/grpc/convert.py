@@ -272,4 +272,5 @@ def check_response(result: CheckResult) -> pb.CheckResponse:
         policy_version=_policy_version(result.version),
         decision_id=result.decision_id,
         cache_hit=result.cache_hit,
+        reason=result.reason,
     )

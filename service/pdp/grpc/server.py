@@ -103,13 +103,17 @@ class PdpServer:
     def start(self) -> None:
         self.server.start()
 
-    def set_serving(self, tenants: Collection[str]) -> None:
-        """Health of the tenants that have a bundle: each SERVING under its own name, and
-        the server ("" and the service's name) SERVING while there is at least one.
-        Tenants are never dropped (`pdp.reloader`), so a name once SERVING stays so."""
-        status = SERVING if tenants else NOT_SERVING
-        for name in ("", SERVICE_NAME, *sorted(tenants)):
+    def set_serving(self, tenants: Collection[str], stale: Collection[str] = ()) -> None:
+        """Health of the tenants that have a bundle: each SERVING under its own name unless
+        `stale` (`max_bundle_age`: it denies everything), and the server ("" and the
+        service's name) SERVING while at least one is not stale. Tenants are never dropped
+        (`pdp.reloader`), so a name once known stays known."""
+        fresh = [t for t in tenants if t not in stale]
+        status = SERVING if fresh else NOT_SERVING
+        for name in ("", SERVICE_NAME):
             self.health.set(name, status)
+        for name in sorted(tenants):
+            self.health.set(name, NOT_SERVING if name in stale else SERVING)
 
     def enter_shutdown(self) -> None:
         """Report NOT_SERVING for good, for every name; calls are still answered until `stop`."""
