@@ -12,16 +12,20 @@ min, p10 and median per variant, in microseconds.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
+from pathlib import Path
 
-from pdp.bundle import load_bundle
-from pdp.config import default_bundle
-from pdp.decision_cache import DecisionCache
-from pdp.engine import Engine, Snapshot
-from pdp.freshness import Freshness
-from pdp.model import CheckInput, EntityRef
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cache_ab import print_summary  # noqa: E402
+
+from pdp.bundle import load_bundle  # noqa: E402
+from pdp.config import default_bundle  # noqa: E402
+from pdp.decision_cache import DecisionCache  # noqa: E402
+from pdp.engine import Engine, Snapshot  # noqa: E402
+from pdp.freshness import Freshness  # noqa: E402
+from pdp.model import CheckInput, EntityRef  # noqa: E402
 
 REQUEST = CheckInput(
     EntityRef("User", "bob"), EntityRef("Action", "edit"), EntityRef("Document", "doc-1")
@@ -39,23 +43,18 @@ def main() -> None:
         "no cache, freshness off": Engine(snapshot),
         "no cache, freshness on": Engine(snapshot, freshness=fresh),
     }
-    times: dict[str, list[float]] = {name: [] for name in engines}
+    times: dict[str, list[int]] = {name: [] for name in engines}
     for engine in engines.values():
         engine.check("default", REQUEST)  # warm the cache
     order = list(engines.items())
     for i in range(rounds):
         # The order alternates: the first call of a round is slower, whichever it is.
         for name, engine in order if i % 2 else order[::-1]:
-            start = time.perf_counter()
+            start = time.perf_counter_ns()
             result = engine.check("default", REQUEST)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.perf_counter_ns() - start)
             assert result.reason == ""
-    for name, ts in times.items():
-        ts.sort()
-        print(
-            f"{name:26s} min {ts[0] * 1e6:7.2f}  p10 {ts[len(ts) // 10] * 1e6:7.2f}  "
-            f"median {statistics.median(ts) * 1e6:7.2f} us"
-        )
+    print_summary(times)
 
 
 if __name__ == "__main__":
