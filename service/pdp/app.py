@@ -116,8 +116,10 @@ class App:
         # servicer stays NOT_SERVING whatever is set here.
         snapshot = self.engine.snapshot
         tenants = snapshot.bundles.keys() if snapshot else set()
-        stale = self.freshness.stale_tenants(tenants) if self.freshness else set()
-        self.metrics.staleness(tenants, stale)
+        stale: set[str] = set()
+        if self.freshness is not None:
+            stale = self.freshness.stale_tenants(tenants)
+            self.metrics.staleness(tenants, stale)
         if self._server is not None:
             self._server.set_serving(tenants, stale)
 

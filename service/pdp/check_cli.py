@@ -76,4 +76,5 @@ def response_dict(r: pb.CheckResponse) -> dict[str, Any]:
             "digest": r.policy_version.digest,
         },
         "decision_id": r.decision_id,
+        "reason": r.reason,  # why a Deny was forced without the policies ("" if they decided)
     }

@@ -319,6 +319,8 @@ def _human(r: dict[str, Any]) -> str:
     lines = [r["decision"]]
     if r["determining_policies"]:
         lines[0] += f"  (determined by: {', '.join(r['determining_policies'])})"
+    elif r.get("reason"):
+        lines[0] += f"  ({r['reason']})"
     else:
         lines[0] += "  (no policy applied: denied by default)" if r["decision"] == "DENY" else ""
     for e in r["errors"]:

@@ -176,6 +176,14 @@ def test_a_source_failing_verification_is_no_confirmation(
         (bundle / "signature.json").write_text(json.dumps({**sig, "signature": "A" * 86 + "=="}))
         _until(lambda: c.is_stale("default"), "default denies as stale")
         assert c.status("") == health_pb2.HealthCheckResponse.NOT_SERVING  # no tenant left
+        cli = subprocess.run(
+            [*pdp_command(), "check", "--server", srv.address, "--principal", 'User::"bob"']
+            + ["--action", 'Action::"edit"', "--resource", 'Document::"doc-1"'],
+            capture_output=True,
+            text=True,
+        )
+        assert cli.returncode == 1
+        assert STALE.match(cli.stdout.splitlines()[0].removeprefix("DENY  (").rstrip(")"))
         srv.wait_for_log("signature.json: does not verify")
         (bundle / "signature.json").write_bytes(good)
         _until(lambda: c.check("default").decision == pb.DECISION_ALLOW, "default recovers")
