@@ -4,12 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck proto proto-check policy-test bench clean
+.PHONY: run test lint typecheck proto proto-check policy-test bench lock sbom clean
 
-$(STAMP): pyproject.toml
+# Dependencies come from the lock, every file checked against its hash (pip, setuptools and
+# the tools included); the project itself is installed without dependencies, so nothing
+# unlocked gets in, and `pip check` fails if pyproject.toml wants what the lock lacks
+# (run `make lock`).
+$(STAMP): pyproject.toml requirements-dev.lock
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
 
 run: $(STAMP) ## serve the default bundle on 127.0.0.1:50051
@@ -38,6 +43,22 @@ policy-test: $(STAMP) ## the default bundle's policy suites: 100% coverage, no s
 
 bench: $(STAMP)
 	$(BIN)/pytest bench/ --benchmark-only
+
+# The locks are universal (any OS, Python >= 3.11) with every file's hash; the runtime lock
+# (what the image installs) and the build lock (the image's build backend) are constrained
+# to the dev lock's versions, so tests run on exactly what ships.
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
+lock: $(STAMP) ## re-resolve the three lock files from pyproject.toml (build: the image's backend)
+	$(BIN)/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements-dev.lock
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) --constraint requirements-dev.lock \
+		-o requirements.lock
+	printf 'setuptools>=69\n' | $(BIN)/uv pip compile - $(LOCK_FLAGS) \
+		--constraint requirements-dev.lock -o requirements-build.lock
+
+sbom: $(STAMP) ## CycloneDX SBOM of the runtime lock: build/sbom.cdx.json
+	mkdir -p build
+	$(BIN)/cyclonedx-py requirements requirements.lock --pyproject pyproject.toml \
+		--output-reproducible --output-format JSON --output-file build/sbom.cdx.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -90,6 +90,11 @@ def main() -> None:
             t0 = time.perf_counter_ns()
             call(srv, new_texts[i])
             times[name].append(time.perf_counter_ns() - t0)
+    print_summary(times)
+
+
+def print_summary(times: dict[str, list[int]]) -> None:
+    """min, p10 and median of each variant's times (ns), in µs; shared by the A/B scripts."""
     for name, ns in times.items():
         ns.sort()
         print(

@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING
 
 import watchfiles
 
+from pdp.admission import Admission
 from pdp.config import Settings
 from pdp.decision_cache import DecisionCache
 from pdp.decision_log import DecisionLogger, decision_logger
 from pdp.engine import Engine
 from pdp.entity_store import store_from_settings
-from pdp.errors import NotReady
+from pdp.errors import BundleError, BundleProblem, NotReady
+from pdp.freshness import Freshness
 from pdp.grpc.convert import Limits
 from pdp.grpc.entity_servicer import EntityServicer
 from pdp.grpc.server import PdpServer
@@ -66,6 +68,9 @@ class App:
         self.reuse_port = reuse_port  # a `--workers` sibling shares the port
         # Started by `run`, so only a process that serves has an exporter thread.
         self.start_tracing = tracing
+        self.freshness = (
+            None if settings.max_bundle_age is None else Freshness(settings.max_bundle_age)
+        )
         # Opened (and on first start created) here: a bad store URL or an unwritable data
         # directory fails before any port opens.
         self.store = store_from_settings(settings)
@@ -74,7 +79,9 @@ class App:
             settings.data_dir / STATE_FILE, settings.kill_switch_file, self._kill_switch_changed
         )
         self.engine = Engine(
-            cache=_decision_cache(settings), store=self.store, kill_switch=self.kill_switch
+            cache=_decision_cache(settings), store=self.store,
+            kill_switch=self.kill_switch,
+            freshness=self.freshness,
         )
         self.sources = settings.bundle_sources()
         # A `--workers` worker records into the supervisor's shared-memory directory and
@@ -94,7 +101,21 @@ class App:
             )
         self.metrics.kill_switches(k.scope.label() for k in self.kill_switch.active())
         self.reloader = Reloader(
-            self.engine, self.sources, self.metrics, settings.entity_slice_depth
+        try:
+            admission = Admission.of(
+                settings.bundle_verification_keys,
+                settings.allow_bundle_rollback,
+                settings.data_dir,
+            )
+        except ValueError as exc:  # the version state file: never read as empty
+            raise BundleError(str(settings.data_dir), [BundleProblem("", str(exc))]) from exc
+        self.reloader = Reloader(
+            self.engine,
+            self.sources,
+            self.metrics,
+            settings.entity_slice_depth,
+            admission=admission,
+            freshness=self.freshness,
         )
         self._server: PdpServer | None = None
         self._health_lock = threading.Lock()  # reloads (loop) vs. admin calls (their threads)
@@ -124,13 +145,18 @@ class App:
         # servicer stays NOT_SERVING whatever is set here.
         with self._health_lock:
             snapshot = self.engine.snapshot
+            tenants = snapshot.bundles.keys() if snapshot else set()
+            stale: set[str] = set()
+            if self.freshness is not None:
+                stale = self.freshness.stale_tenants(tenants)
+                self.metrics.staleness(tenants, stale)
             if self._server is not None:
-                tenants = snapshot.bundles.keys() if snapshot else ()
                 ks = self.kill_switch
                 self._server.set_serving(
                     tenants,
                     killed={t for t in tenants if ks.tenant_reason(t)},
                     all_killed=ks.tenant_reason("") is not None,
+                    stale=stale,
                 )
 
     def _kill_switch_changed(self) -> None:
@@ -162,6 +188,8 @@ class App:
             return False
         if tenant is None:
             return self.kill_switch.tenant_reason("") is None
+        if self.freshness is not None and self.freshness.stale(tenant) is not None:
+            return False
         return tenant in snapshot.bundles and self.kill_switch.tenant_reason(tenant) is None
 
     def request_stop(self) -> None:
@@ -230,6 +258,7 @@ class App:
             on_listening(server.port)
         watcher = asyncio.create_task(self._watch()) if s.watch else None
         poller = asyncio.create_task(self._poll_kill_switch())
+        confirmer = asyncio.create_task(self._confirm()) if self.freshness else None
         # Signals stay handled until the end: a second Ctrl-C or a SIGHUP while draining
         # must not kill the process with calls in flight.
         with _signals(self):
@@ -239,11 +268,13 @@ class App:
                 server.enter_shutdown()  # health NOT_SERVING from here on
                 if admin is not None:
                     admin.stop(0)  # nothing to drain: a client retries an admin call
-                poller.cancel()
-                if watcher:
-                    watcher.cancel()
+                for task in (poller, watcher, confirmer):
+                    if task:
+                        task.cancel()
                 await asyncio.gather(
-                    poller, *filter(None, [watcher]), *self._tasks, return_exceptions=True
+                    *(t for t in (poller, watcher, confirmer) if t),
+                    *self._tasks,
+                    return_exceptions=True,
                 )
                 if s.drain_seconds:
                     log.info(
@@ -319,6 +350,26 @@ class App:
                 yield
             finally:
                 listener.close()
+
+    async def _confirm(self) -> None:
+        """`max_bundle_age`: re-read every source each `bundle_confirm_interval_seconds` (a
+        reload: an unchanged bundle is confirmed by its digest and signature, a changed one
+        by loading it), and mark tenants stale in health and metrics the moment their age
+        passes, not at the next re-read."""
+        assert self.freshness is not None
+        interval = self.settings.bundle_confirm_interval_seconds
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval
+        while True:
+            if loop.time() >= due:
+                await self.reload()  # updates health
+                due = loop.time() + interval
+            else:
+                self._update_health()
+            expiry = self.freshness.next_expiry()
+            wake = due if expiry is None else min(due, loop.time() + expiry)
+            # Just past the expiry, so the tenant is stale when looked at.
+            await asyncio.sleep(max(0.0, wake - loop.time()) + 0.01)
 
     async def _watch(self) -> None:
         """Watch until cancelled; whatever fails, log it and watch again."""

@@ -256,6 +256,15 @@ def _index(
     return build_index(members, hierarchy, unlinked)
 
 
+def read_manifest(files: BundleFiles) -> Manifest:
+    """The bundle's manifest alone (as `compile_bundle` reads it); BundleError if invalid."""
+    problems: list[BundleProblem] = []
+    manifest = _manifest(files, problems)
+    if manifest is None:
+        raise BundleError(files.source, problems)
+    return manifest
+
+
 def _manifest(files: BundleFiles, problems: list[BundleProblem]) -> Manifest | None:
     if MANIFEST not in files.files:
         problems.append(BundleProblem(MANIFEST, "missing: a bundle needs a name and a version"))

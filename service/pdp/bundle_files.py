@@ -28,6 +28,9 @@ MAX_HEADER_BYTES = 64 * 1024  # one PAX or GNU long-name header (tarfile reads i
 MAX_ARCHIVE_ENTRIES = 4 * MAX_FILES  # tar records of any kind: files, dirs, headers
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 PSEUDO_FILESYSTEMS = ("/proc", "/sys")  # files whose size says nothing about their content
+# A bundle's signature (`pdp.signing`): read with the bundle, left out of its digest, which
+# is what it signs. Every other file counts, so adding one is a change like any other.
+SIGNATURE_FILE = "signature.json"
 _BLOCK = tarfile.BLOCKSIZE
 _HEADER_TYPES = (
     tarfile.XHDTYPE,
@@ -44,9 +47,10 @@ class BundleFiles:
 
     @property
     def digest(self) -> str:
-        """sha256 over every path and content, independent of order and mtimes."""
+        """sha256 over every path and content but the signature's, independent of order
+        and mtimes."""
         h = hashlib.sha256()
-        for path in sorted(self.files):
+        for path in sorted(self.files.keys() - {SIGNATURE_FILE}):
             data = self.files[path]
             h.update(f"{path}\0{len(data)}\0".encode())
             h.update(data)

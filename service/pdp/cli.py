@@ -125,6 +125,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin-audit-log", type=Path, help="audit log file (default: stderr)")
     serve.add_argument("--data-dir", type=Path, help="state kept across restarts (default data)")
     serve.add_argument("--kill-switch-file", type=Path, help="a kill switch while it exists")
+    # Signed bundles, no downgrade, max_bundle_age.
+    serve.add_argument(
+        "--bundle-verification-key",
+        dest="bundle_verification_keys",
+        action="append",
+        type=Path,
+        metavar="PUB",
+        help="trusted Ed25519 public key (repeatable); every bundle must be signed by one",
+    )
+    serve.add_argument(
+        "--allow-bundle-rollback",
+        action="store_const",
+        const=True,
+        help="serve a lower bundle version than the active (or recorded) one",
+    )
+    serve.add_argument("--max-bundle-age", type=float, help="seconds; stale tenants deny all")
+    serve.add_argument("--bundle-confirm-interval-seconds", type=float)
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="ask for one decision")
@@ -153,6 +170,15 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("bundle", type=Path)
     build.add_argument("-o", "--output", type=Path, required=True)
     build.set_defaults(func=_build)
+    from pdp import sign_cli  # `pdp bundle keygen/sign/verify`
+
+    sign_cli.add_commands(bsub)
+
+    health = sub.add_parser("health", help="ask a server's gRPC health service (exit 0: SERVING)")
+    health.add_argument("--server", default="127.0.0.1:50051", help="host:port")
+    health.add_argument("--service", default="", help='a service or tenant name ("": readiness)')
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    health.set_defaults(func=_health)
 
     from pdp.policytest.cli import add_commands  # `pdp test`, `pdp lint`
 
@@ -188,9 +214,9 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = App(settings, reuse_port=args.worker, tracing=traces.start)
     try:
         check_tls_files(settings)  # here too with --workers: reported once, before any fork
+        app = App(settings, reuse_port=args.worker, tracing=traces.start)
         app.load()  # with --workers, also done here first: problems are reported once
         if settings.workers > 1:
             from pdp.supervisor import run_workers
@@ -269,6 +295,10 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "admin_audit_log",
             "data_dir",
             "kill_switch_file",
+            "bundle_verification_keys",
+            "allow_bundle_rollback",
+            "max_bundle_age",
+            "bundle_confirm_interval_seconds",
         )
         if (v := getattr(args, k)) is not None
     }
@@ -302,6 +332,23 @@ def _build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _health(args: argparse.Namespace) -> int:
+    import grpc  # only the commands that talk gRPC import it
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    request = health_pb2.HealthCheckRequest(service=args.service)
+    try:
+        with grpc.insecure_channel(args.server) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            response = stub.Check(request, timeout=args.timeout)
+    except grpc.RpcError as exc:
+        print(f"pdp: health of {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return EXIT_FAIL
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return EXIT_OK if response.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAIL
+
+
 def _check(args: argparse.Namespace) -> int:
     from pdp.check_cli import run_check
 
@@ -319,6 +366,8 @@ def _human(r: dict[str, Any]) -> str:
         lines[0] += f"  ({r['reason']})"
     elif r["determining_policies"]:
         lines[0] += f"  (determined by: {', '.join(r['determining_policies'])})"
+    elif r.get("reason"):
+        lines[0] += f"  ({r['reason']})"
     else:
         lines[0] += "  (no policy applied: denied by default)" if r["decision"] == "DENY" else ""
     for e in r["errors"]:

@@ -21,6 +21,7 @@ from pydantic_settings import (
 from pdp.admin.identities import AdminIdentity
 from pdp.masking import parse_path
 from pdp.model import DEFAULT_TENANT, TENANT_NAME
+from pdp.signing import load_public_key
 from pdp.tenants import BundleSources
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -371,6 +372,41 @@ class Settings(BaseSettings):
     def _check_audit_log(cls, v: Path | None) -> Path | None:
         if v is not None and (v.is_dir() or not v.parent.is_dir()):
             raise ValueError(f"must be a file in an existing directory: {v}")
+        return v
+
+    # Signed bundles, no downgrade, max_bundle_age (README, "Signed bundles" and
+    # "Stale bundles").
+    bundle_verification_keys: list[Path] = Field(default_factory=list)
+    """Ed25519 public keys (PEM) trusted to sign bundles; several for key rotation. When
+    any is set, every bundle must carry a signature (`signature.json`) by one of them."""
+
+    allow_bundle_rollback: bool = False
+    """Serve a bundle whose manifest version is lower than the tenant's active one (or, with
+    verification keys, the highest it ever served, kept in `data_dir`)."""
+
+    max_bundle_age: float | None = Field(None, gt=0, le=365 * 86_400)
+    """Seconds a tenant's bundle source may go unconfirmed (not re-read as equal to the served
+    bundle, and no reload succeeded) before the tenant denies every check. None: off."""
+
+    bundle_confirm_interval_seconds: float = Field(30.0, gt=0, le=86_400)
+    """How often every bundle source is re-read to confirm it (with `max_bundle_age`)."""
+
+    @field_validator("bundle_verification_keys")
+    @classmethod
+    def _check_keys(cls, v: list[Path]) -> list[Path]:
+        for path in v:
+            try:
+                load_public_key(path)  # ValueError naming the file
+            except OSError as exc:
+                raise ValueError(f"{path}: unreadable: {exc.strerror}") from None
+        return v
+
+    @field_validator("bundle_confirm_interval_seconds")
+    @classmethod
+    def _check_confirm(cls, v: float, info: ValidationInfo) -> float:
+        age = info.data.get("max_bundle_age")
+        if age is not None and v >= age:
+            raise ValueError(f"must be below max_bundle_age ({age}): else every tenant goes stale")
         return v
 
     @property

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -33,6 +33,7 @@ from pdp.entity_slice import request_entities as sliced_request_entities
 from pdp.entity_store.api import EntityStore
 from pdp.errors import DeadlineExceeded, InvalidRequest, NotReady, UnknownTenant
 from pdp.kill_switch import KillSwitch
+from pdp.freshness import Freshness
 from pdp.model import (
     DEFAULT_TENANT,
     CheckInput,
@@ -80,12 +81,14 @@ class Engine:
         cache: DecisionCache | None = None,
         store: EntityStore | None = None,
         kill_switch: KillSwitch | None = None,
+        freshness: Freshness | None = None,
     ) -> None:
         self._snapshot = snapshot
         self.cache = cache
         self.store = store  # the entity store decisions slice, beside the bundle's entities
         self.slices = SliceCache()  # slices read, by data version (`pdp.entity_slice`)
         self.kill_switch = kill_switch
+        self.freshness = freshness  # `max_bundle_age`: a stale tenant denies everything
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -120,8 +123,20 @@ class Engine:
         source = StoreSource(self.store, tenant)
         return source, self.store.data_version(tenant)
 
+    def _forced_deny(self, tenant: str, bundle: Bundle) -> CheckResult | None:
+        """The Deny a stale tenant answers, ahead of the cache and of any evaluation."""
+        if self.freshness is None:
+            return None
+        reason = self.freshness.stale(tenant or DEFAULT_TENANT)
+        if reason is None:
+            return None
+        return CheckResult(Decision.DENY, [], [], bundle.version, _decision_id(), reason=reason)
+
     def check(self, tenant: str, request: CheckInput, *, bypass_cache: bool = False) -> CheckResult:
         bundle = self.bundle(tenant)
+        forced = self._forced_deny(tenant, bundle)
+        if forced is not None:
+            return forced
         killed = self._killed(bundle, tenant, request)
         if killed is not None:
             return killed
@@ -156,6 +171,9 @@ class Engine:
         """`expired` is asked between slices: once true, the rest is not decided
         (DeadlineExceeded): whoever asked has stopped waiting."""
         bundle = self.bundle(tenant)  # every request on the same snapshot
+        forced = self._forced_deny(tenant, bundle)
+        if forced is not None:
+            return [replace(forced, decision_id=_decision_id()) for _ in requests]
         if self.kill_switch is not None and self.kill_switch.any_active:
             # Killed items are denied; the others are decided as a batch of their own.
             killed = [self._killed(bundle, tenant, r) for r in requests]

@@ -20,7 +20,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +157,16 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self._killed: set[str] = set()
+        # `max_bundle_age`: 1 while the tenant denies every check as stale (livemax: any
+        # worker stale shows).
+        self.stale = Gauge(
+            "pdp_bundle_stale",
+            "1 while the tenant's bundle is stale (not confirmed within max_bundle_age) and "
+            "every check is denied, else 0.",
+            ["tenant"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self._tenants: dict[str, _Tenant] = {}  # replaced whole, read without a lock
         self._children: dict[tuple[str, str, str], Any] = {}  # bounded: labels are bounded
         self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -227,6 +237,10 @@ class Metrics:
                 **self._tenants,
                 tenant: _Tenant((v.name, v.version, v.digest), schema_actions(bundle)),
             }
+
+    def staleness(self, tenants: Collection[str], stale: Collection[str]) -> None:
+        for tenant in tenants:
+            self.stale.labels(tenant).set(int(tenant in stale))
 
     def reload_failed(self, tenant: str) -> None:
         with self._lock:
@@ -347,6 +361,9 @@ class NoMetrics(Metrics):
         pass
 
     def kill_switches(self, scopes: Iterable[str]) -> None:
+        pass
+
+    def staleness(self, tenants: Collection[str], stale: Collection[str]) -> None:
         pass
 
 

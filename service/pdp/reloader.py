@@ -14,10 +14,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pdp.admission import Admission
 from pdp.bundle import Bundle, compile_bundle
-from pdp.bundle_files import BundleFiles
+from pdp.bundle_files import SIGNATURE_FILE, BundleFiles
 from pdp.engine import Engine, Snapshot
 from pdp.errors import BundleError, BundleProblem
+from pdp.freshness import Freshness
 from pdp.metrics import Metrics, NoMetrics
 from pdp.model import BundleVersion
 from pdp.read_depth import DEFAULT_SLICE_DEPTH
@@ -48,9 +50,15 @@ class Reloader:
         sources: BundleSources,
         metrics: Metrics | None = None,
         slice_depth: int = DEFAULT_SLICE_DEPTH,
+        *,
+        admission: Admission | None = None,
+        freshness: Freshness | None = None,
     ) -> None:
         self._engine = engine
         self._slice_depth = slice_depth  # policies reading deeper are refused
+        # Signatures and no downgrade (`pdp.admission`); none: any valid bundle is served.
+        self._admission = admission or Admission(allow_rollback=True)
+        self._freshness = freshness  # told of every successful (re)load
         self._metrics = metrics or NoMetrics()
         self._sources = sources
         self._lock = threading.Lock()  # one reload at a time; swaps never interleave
@@ -124,7 +132,7 @@ class Reloader:
         files = self._sources.read(source)
         for _ in range(MAX_READS - 1):
             again = self._sources.read(source)
-            if again.digest == files.digest:
+            if _same_read(again, files):
                 return again
             files = again
         message = f"still changing after {MAX_READS} reads; not loaded"
@@ -132,10 +140,16 @@ class Reloader:
 
     def _build(self, tenant: str, source: TenantSource, previous: Bundle | None) -> Bundle:
         files = self._read_stable(source)
+        # Verified at every read, before anything parses the policies: an unchanged digest
+        # under a changed signature must be refused too.
+        self._admission.verify(files)
         if previous is not None and previous.version.digest == files.digest:
             bundle = previous  # unchanged content: keep the parsed handles
         else:
             bundle = compile_bundle(files, self._slice_depth)
+            self._admission.admit(
+                tenant, str(source.path), bundle.version, previous.version if previous else None
+            )
             log.info(
                 "tenant %s: serving bundle %s version %s (%s) from %s (%s)",
                 tenant,
@@ -157,6 +171,9 @@ class Reloader:
             old.loaded_at if old is not None and same else now,
         )
         self._metrics.bundle_loaded(tenant, bundle)
+        self._admission.served(tenant, bundle.version)
+        if self._freshness is not None:
+            self._freshness.confirm(tenant)
         return bundle
 
     def _vanished(self, tenant: str, kept: Bundle) -> None:
@@ -183,6 +200,11 @@ class Reloader:
             (old.failures if old else 0) + 1,
             old.loaded_at if old else 0.0,
         )
+
+
+def _same_read(a: BundleFiles, b: BundleFiles) -> bool:
+    # The digest leaves the signature out: a signature changing between reads is a change.
+    return a.digest == b.digest and a.files.get(SIGNATURE_FILE) == b.files.get(SIGNATURE_FILE)
 
 
 def _same(a: Mapping[str, Bundle], b: Mapping[str, Bundle]) -> bool:

@@ -119,18 +119,25 @@ class PdpServer:
         self.server.start()
 
     def set_serving(
-        self, tenants: Collection[str], killed: Collection[str] = (), all_killed: bool = False
+        self,
+        tenants: Collection[str],
+        killed: Collection[str] = (),
+        all_killed: bool = False,
+        stale: Collection[str] = (),
     ) -> None:
         """Health of the tenants that have a bundle: each SERVING under its own name, and
-        the server ("" and the service's name) SERVING while there is at least one.
-        Tenants are never dropped (`pdp.reloader`), so a name once known stays so. A
-        tenant under a kill switch (`killed`, or `all_killed`: the whole PDP, which takes
-        the server with it) is NOT_SERVING: it answers Deny, whatever its policies say."""
-        status = SERVING if tenants and not all_killed else NOT_SERVING
-        self.health.set("", status)
-        self.health.set(SERVICE_NAME, status)
+        the server ("" and the service's name) SERVING while at least one is not stale.
+        Tenants are never dropped (`pdp.reloader`), so a name once known stays so. A tenant
+        that answers Deny whatever its policies say is NOT_SERVING: under a kill switch
+        (`killed`, or `all_killed`: the whole PDP, which takes the server with it), or
+        `stale` (`max_bundle_age`)."""
+        down = set(killed) | set(stale)
+        fresh = [t for t in tenants if t not in stale]
+        status = SERVING if fresh and not all_killed else NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
         for name in sorted(tenants):
-            self.health.set(name, NOT_SERVING if all_killed or name in killed else SERVING)
+            self.health.set(name, NOT_SERVING if all_killed or name in down else SERVING)
 
     def enter_shutdown(self) -> None:
         """Report NOT_SERVING for good, for every name; calls are still answered until `stop`."""

@@ -1,0 +1,66 @@
+"""Which bundles may be served: signed by a trusted key (when keys are set), and not a
+downgrade of the version a tenant serves or, with signatures, has ever served.
+
+The reloader asks `verify` before a bundle's policies are parsed and `admit` once its
+version is known; a refusal is a `BundleError`, so a refused bundle is a failed load (at
+start-up) or a failed reload (the last good bundle keeps serving).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdp import signing
+from pdp.bundle import MANIFEST, read_manifest
+from pdp.bundle_files import BundleFiles
+from pdp.errors import BundleError, BundleProblem
+from pdp.model import BundleVersion
+from pdp.versions import STATE_FILE, VersionState, downgrade
+
+
+@dataclass(frozen=True)
+class Admission:
+    keys: tuple[signing.PublicKey, ...] = ()  # none: bundles need no signature
+    allow_rollback: bool = False
+    # Highest versions served, kept across restarts; only with keys: without signatures
+    # anyone who can write a bundle can also give it a higher version, so a record on
+    # disk would stop no one.
+    state: VersionState | None = None
+
+    @staticmethod
+    def of(keys: Sequence[Path], allow_rollback: bool, data_dir: Path) -> Admission:
+        """From the settings; ValueError naming the file for a bad key or state file."""
+        loaded = tuple(signing.load_public_key(k) for k in keys)
+        state = VersionState(data_dir / STATE_FILE) if loaded else None
+        return Admission(loaded, allow_rollback, state)
+
+    def verify(self, files: BundleFiles) -> signing.PublicKey | None:
+        """The key that signed `files` (None when no keys are configured); BundleError if
+        keys are configured and no configured key signed exactly these files."""
+        if not self.keys:
+            return None
+        manifest = read_manifest(files)
+        return signing.verify(files, manifest.name, manifest.version, self.keys)
+
+    def admit(
+        self, tenant: str, source: str, new: BundleVersion, active: BundleVersion | None
+    ) -> None:
+        """BundleError if `new` would be a downgrade of what `tenant` serves or served."""
+        if self.allow_rollback:
+            return
+        floors: list[tuple[str, str]] = []
+        if active is not None:
+            floors.append((active.version, "the version being served"))
+        recorded = self.state.highest(tenant) if self.state else None
+        if recorded is not None and self.state is not None:
+            floors.append((recorded, f"the highest served (recorded in {self.state.path})"))
+        for floor, what in floors:
+            reason = downgrade(new.version, floor, what)
+            if reason is not None:
+                raise BundleError(source, [BundleProblem(MANIFEST, reason)])
+
+    def served(self, tenant: str, version: BundleVersion) -> None:
+        if self.state is not None:
+            self.state.record(tenant, version.version)

@@ -1,0 +1,128 @@
+"""Bundle versions: their order (no downgrade) and the highest seen per tenant, on disk.
+
+Versions are compared semver-like: `[v]N(.N)*[-PRERELEASE][+BUILD]`. Numeric parts are
+compared as numbers, a missing part counts as 0 (`1.2` = `1.2.0`), a pre-release is lower
+than its release and pre-release identifiers compare as semver says (numeric ones as
+numbers and below alphanumeric ones, a shorter list first); build metadata is ignored.
+Versions of any other form have no order: two different ones cannot be told apart from a
+downgrade, so a change between them is refused unless rollback is allowed (fail closed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_SEMVER = re.compile(
+    r"v?(?P<nums>\d+(?:\.\d+)*)(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z.-]+)?"
+)
+MAX_STATE_BYTES = 1024 * 1024  # versions of every tenant; a tenant's entry is ~100 bytes
+STATE_FILE = "bundle_versions.json"
+
+_Key = tuple[tuple[int, ...], int, tuple[tuple[int, int, str], ...]]
+
+
+def _key(version: str, width: int) -> _Key | None:
+    m = _SEMVER.fullmatch(version)
+    if m is None:
+        return None
+    nums = tuple(int(n) for n in m["nums"].split("."))
+    nums += (0,) * (width - len(nums))
+    pre = m["pre"]
+    if pre is None:
+        return nums, 1, ()  # a release sorts after each of its pre-releases
+    ids = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
+    return nums, 0, ids
+
+
+def compare(a: str, b: str) -> int | None:
+    """-1, 0 or 1 as `a` is lower than, equal to or higher than `b`; None if they differ
+    and either is not semver-like (no order)."""
+    if a == b:
+        return 0
+    width = max(a.count("."), b.count(".")) + 1
+    ka, kb = _key(a, width), _key(b, width)
+    if ka is None or kb is None:
+        return None
+    return (ka > kb) - (ka < kb)
+
+
+def downgrade(new: str, floor: str, what: str) -> str | None:
+    """Why `new` may not follow `floor` (`what` it is, for the message) without rollback
+    allowed; None if it may."""
+    order = compare(new, floor)
+    if order is None:
+        return (
+            f"version {new!r} cannot be ordered against {floor!r}, {what} (not semver-like), "
+            "so it may be a downgrade: refused unless allow_bundle_rollback is set"
+        )
+    if order < 0:
+        return (
+            f"version {new} is lower than {floor}, {what}: a downgrade, refused unless "
+            "allow_bundle_rollback is set"
+        )
+    return None
+
+
+class VersionState:
+    """The highest bundle version served per tenant, kept in `data_dir/bundle_versions.json`
+    so that a restart with an old (validly signed) bundle is a downgrade too.
+
+    An unreadable or malformed file is an error (`ValueError`), never an empty state: that
+    would let a replay through."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._versions = self._read()
+
+    def _read(self) -> dict[str, str]:
+        try:
+            with self.path.open("rb") as f:
+                raw = f.read(MAX_STATE_BYTES + 1)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ValueError(f"{self.path}: unreadable: {exc.strerror}") from None
+        if len(raw) > MAX_STATE_BYTES:
+            raise ValueError(f"{self.path}: exceeds {MAX_STATE_BYTES} bytes")
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: not JSON ({exc})") from None
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise ValueError(f"{self.path}: not an object of tenant -> version strings")
+        return data
+
+    @property
+    def versions(self) -> Mapping[str, str]:
+        return dict(self._versions)
+
+    def highest(self, tenant: str) -> str | None:
+        return self._versions.get(tenant)
+
+    def record(self, tenant: str, version: str) -> None:
+        """Remember `version` if it is higher than the tenant's (or the first); written
+        atomically. A write failure is logged: the running process still refuses
+        downgrades from memory, only a restart would forget."""
+        with self._lock:
+            old = self._versions.get(tenant)
+            if old is not None and compare(version, old) != 1:
+                return
+            self._versions = {**self._versions, tenant: version}
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps(self._versions, indent=2, sort_keys=True) + "\n")
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                log.error("cannot record bundle version in %s: %s", self.path, exc)
