@@ -27,6 +27,7 @@ from pdp.decision_log import DecisionLogger, decision_logger
 from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.server import PdpServer
+from pdp.jwt_identity import token_verifier
 from pdp.metrics import Metrics, NoMetrics, multiprocess_dir
 from pdp.metrics_server import MetricsListener, process_registry
 from pdp.reloader import Reloader
@@ -72,6 +73,7 @@ class App:
                 {"entries": "entries", "bytes": "bytes"},
             )
         self.reloader = Reloader(self.engine, self.sources, self.metrics)
+        self.tokens = token_verifier(settings)  # None: requests carrying a token are refused
         self._server: PdpServer | None = None
         self.decision_log: DecisionLogger | None = None
         self._stop = asyncio.Event()
@@ -79,8 +81,11 @@ class App:
         self._tasks: set[asyncio.Task[None]] = set()  # keeps signal-started reloads alive
 
     def load(self) -> None:
-        """Load every bundle; raises BundleError (with every problem) if any fails."""
+        """Load every bundle, and the JWKS if tokens are configured; raises BundleError
+        (with every problem) or KeySetError if any fails."""
         self.reloader.load_all()
+        if self.tokens is not None:
+            self.tokens.keys.load()
 
     async def reload(self, tenants: set[str] | None = None) -> None:
         async with self._reloading:
@@ -136,6 +141,7 @@ class App:
             tracing=tracing,
             decision_log=self.decision_log,
             metrics=self.metrics,
+            tokens=self.tokens,
         )
         self._server = server
         self._update_health()  # before the first call: the health servicer starts SERVING
@@ -147,6 +153,8 @@ class App:
         if on_listening:
             on_listening(server.port)
         watcher = asyncio.create_task(self._watch()) if s.watch else None
+        if self.tokens is not None:
+            self.tokens.keys.start()  # refreshes the JWKS off the request path
         # Signals stay handled until the end: a second Ctrl-C or a SIGHUP while draining
         # must not kill the process with calls in flight.
         with _signals(self):
@@ -164,6 +172,8 @@ class App:
             finally:
                 log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
                 await asyncio.to_thread(server.stop(s.shutdown_grace_seconds).wait)
+                if self.tokens is not None:
+                    await asyncio.to_thread(self.tokens.keys.stop)
                 tracing.shutdown()  # export the queued spans, within a bound
                 if self.decision_log is not None:
                     # Every answered call's records are written before the process exits.

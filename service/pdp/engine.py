@@ -21,7 +21,7 @@ import cedarpy
 
 from pdp.bundle import Bundle, locate_entity_errors
 from pdp.decision_cache import DecisionCache, decision_key
-from pdp.errors import InvalidRequest, NotReady, UnknownTenant
+from pdp.errors import InvalidRequest, NotReady, TokenRejected, UnknownTenant
 from pdp.model import (
     DEFAULT_TENANT,
     CheckInput,
@@ -29,8 +29,9 @@ from pdp.model import (
     Decision,
     PolicyError,
     RequestEntities,
+    TokenPrincipal,
 )
-from pdp.trust import check_request_entities
+from pdp.trust import check_request_entities, token_entities
 
 # Cedar names the policy of an evaluation error only in the message text. Bundle ids
 # hold no backtick (`pdp.bundle.ID_CHARS`), so the id is exactly the text up to the
@@ -216,13 +217,17 @@ def _cedar_request(req: CheckInput, contexts: dict[int, str]) -> dict[str, Any]:
 
 
 def _entities(bundle: Bundle, delta: RequestEntities, index: int) -> Any:
+    # A token's principal joins the caller's entities under its own rule (pdp.trust).
+    text = delta.json if delta.token is None else token_entities(bundle.trust, delta, index)
     try:
         if bundle.entity_count == 0:
-            return cedarpy.Entities.from_json_str(delta.json, bundle.schema)
+            return cedarpy.Entities.from_json_str(text, bundle.schema)
         # A disjoint union: a request may add entities but never redefine a base
         # entity (that would let a caller rewrite its own group memberships).
-        return bundle.entities.with_added_json_str(delta.json, bundle.schema)
+        return bundle.entities.with_added_json_str(text, bundle.schema)
     except ValueError as exc:
+        if delta.token is not None:
+            _check_token_entity(bundle, delta.token)
         problems = locate_entity_errors("entities", delta.json, bundle.schema, str(exc))
         detail = "; ".join(
             f"{p.message} (line {p.line})" if p.line and p.line > 1 else p.message for p in problems
@@ -230,6 +235,17 @@ def _entities(bundle: Bundle, delta: RequestEntities, index: int) -> Any:
         if "duplicate" in str(exc):
             detail = f"{exc} (request entities may not redefine base entities)"
         raise InvalidRequest("entities", detail, index) from exc
+
+
+def _check_token_entity(bundle: Bundle, token: TokenPrincipal) -> None:
+    """TokenRejected if Cedar refuses the token principal's own entity (its claims do not
+    fit the schema): the token's fault, not the caller's entities'."""
+    try:
+        cedarpy.Entities.from_json_str(f"[{token.entity_json()}]", bundle.schema)
+    except ValueError as exc:
+        raise TokenRejected(
+            f"its claims do not make a valid {token.uid.type} entity for this bundle: {exc}"
+        ) from exc
 
 
 def _authorize(

@@ -4,7 +4,9 @@
     ├── InvalidRequest      a request field is malformed or does not match the schema
     ├── UnknownTenant       no bundle is loaded for the named tenant
     ├── NotReady            no bundle is active yet, or the server is shutting down
-    └── BundleError         a bundle failed to load; carries every `BundleProblem`
+    ├── BundleError         a bundle failed to load; carries every `BundleProblem`
+    ├── TokenRejected       a bearer token (JWT) did not authenticate a principal
+    └── KeySetError         the JWKS (token verification keys) could not be read or used
 
 The gRPC adapter maps `Code` to a status in one table (`pdp.grpc.status`); nothing
 below it knows about gRPC.
@@ -23,6 +25,7 @@ class Code(enum.Enum):
     UNAVAILABLE = "unavailable"
     FAILED_PRECONDITION = "failed_precondition"
     INTERNAL = "internal"
+    UNAUTHENTICATED = "unauthenticated"
 
 
 class PdpError(Exception):
@@ -84,3 +87,23 @@ class BundleError(PdpError):
         super().__init__(f"bundle {source} refused ({len(problems)} problem(s)):\n{lines}")
         self.source = source
         self.problems = problems
+
+
+class TokenRejected(PdpError):
+    """A request's bearer token names no principal: a bad signature, an expired token, a
+    wrong issuer or audience, a refused algorithm or key, a missing claim, or claims the
+    tenant's bundle does not let a token assert. Never a decision: the caller is not
+    authenticated, so nothing was decided."""
+
+    code = Code.UNAUTHENTICATED
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"token: {reason}")
+        self.reason = reason
+
+
+class KeySetError(PdpError):
+    """The JWKS could not be read, or holds no usable key: fatal at start-up; later, the
+    refresher logs it and keeps the last good key set. Never reaches a caller."""
+
+    code = Code.UNAVAILABLE

@@ -9,7 +9,7 @@ import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from pdp._proto.v1 import authorization_pb2 as pb
@@ -25,6 +25,7 @@ from pdp.model import (
     Decision,
     EntityRef,
     RequestEntities,
+    TokenPrincipal,
 )
 
 _EXTENSIONS = {"ipaddr": "ip", "decimal": "decimal", "datetime": "datetime", "duration": "duration"}
@@ -191,28 +192,51 @@ def bypass_cache(req: pb.CheckRequest | pb.CheckBatchRequest) -> bool:
     return req.consistency == pb.CONSISTENCY_HIGHER_CONSISTENCY
 
 
-def check_input(req: pb.CheckRequest, limits: Limits = DEFAULT_LIMITS) -> CheckInput:
+def check_input(
+    req: pb.CheckRequest, limits: Limits = DEFAULT_LIMITS, token: TokenPrincipal | None = None
+) -> CheckInput:
+    """The request as the engine takes it; `token` is the principal its token named (the
+    servicer validated it), which then stands for `principal`."""
     ctx = context("context", req.context, req.context_json, limits)
     return CheckInput(
-        principal=_required_ref("principal", req, "principal"),
+        principal=token.uid if token else _required_ref("principal", req, "principal"),
         action=_required_ref("action", req, "action"),
         resource=_required_ref("resource", req, "resource"),
         context="{}" if ctx is None else ctx,
-        entities=entities("entities", req.entities, req.entities_json, limits),
+        entities=_with_token(entities("entities", req.entities, req.entities_json, limits), token),
     )
 
 
-def batch_inputs(req: pb.CheckBatchRequest, limits: Limits = DEFAULT_LIMITS) -> list[CheckInput]:
-    """Items with the batch-level principal, context and entities filled in where unset."""
+def _with_token(
+    ents: RequestEntities | None, token: TokenPrincipal | None
+) -> RequestEntities | None:
+    """The request entities with the token's principal beside them (`pdp.trust` decides
+    whether its entity is added)."""
+    if token is None:
+        return ents
+    if ents is None:
+        return RequestEntities("[]", [], token)
+    return replace(ents, token=token)
+
+
+def batch_inputs(
+    req: pb.CheckBatchRequest, limits: Limits = DEFAULT_LIMITS, token: TokenPrincipal | None = None
+) -> list[CheckInput]:
+    """Items with the batch-level principal, context and entities filled in where unset;
+    with a `token`, its principal is every item's and no item may name another."""
     principal = entity_ref("principal", req.principal) if req.HasField("principal") else None
+    if token is not None:
+        principal = token.uid
     ctx = context("context", req.context, req.context_json, limits)
-    ents = entities("entities", req.entities, req.entities_json, limits)
+    ents = _with_token(entities("entities", req.entities, req.entities_json, limits), token)
     out: list[CheckInput] = []
     shared_ctx = ctx if ctx is not None else "{}"
     shared_size = utf8_size(shared_ctx)
     context_bytes = 0  # as Cedar parses them: a shared context once per item using it
     for i, item in enumerate(req.items):
         at = f"items[{i}]"
+        if item.HasField("principal") and token is not None:
+            raise InvalidRequest(f"{at}.principal", "set with token: the token names the principal")
         if item.HasField("principal"):
             item_principal = entity_ref(f"{at}.principal", item.principal)
         elif principal is not None:
@@ -229,7 +253,9 @@ def batch_inputs(req: pb.CheckBatchRequest, limits: Limits = DEFAULT_LIMITS) -> 
                 f"counts once per item using it), over the limit of "
                 f"{limits.max_batch_context_bytes}",
             )
-        item_ents = entities(f"{at}.entities", item.entities, item.entities_json, limits)
+        item_ents = _with_token(
+            entities(f"{at}.entities", item.entities, item.entities_json, limits), token
+        )
         out.append(
             CheckInput(
                 principal=item_principal,

@@ -17,6 +17,7 @@ from pdp.engine import Engine
 from pdp.grpc.convert import Limits
 from pdp.grpc.servicer import AuthorizationServicer
 from pdp.grpc.wire import add_authorization_service
+from pdp.jwt_identity import TokenVerifier
 from pdp.metrics import Metrics
 from pdp.tracing import NO_TRACING, Tracing
 
@@ -49,6 +50,7 @@ class PdpServer:
         tracing: Tracing = NO_TRACING,
         decision_log: DecisionLogger | None = None,
         metrics: Metrics | None = None,
+        tokens: TokenVerifier | None = None,
     ) -> None:
         self.server = grpc.server(
             # One thread for every call the server admits: grpcio reads a call's request on
@@ -83,6 +85,7 @@ class PdpServer:
                 decision_log,
                 metrics,
                 deciding=threads,
+                tokens=tokens,
             ),
             self.server,
         )

@@ -21,6 +21,7 @@ GRPC_STATUS: dict[Code, grpc.StatusCode] = {
     Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
+    Code.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 MAX_DETAILS = 2000  # status details travel in HTTP/2 trailers, which peers cap at 8-16 KiB
