@@ -214,7 +214,13 @@ class Settings(BaseSettings):
     # String lengths (issue 10, "Limits and abuse"): every string a request carries has a
     # cap; the ones a content cap does not already bound are capped here.
     max_id_bytes: int = Field(1024, ge=16, le=1024 * 1024)
-    """Longest id a token's uid or parent claim may give, in UTF-8 bytes."""
+    """Longest entity type or id, in UTF-8 bytes, wherever a request names an entity (the
+    principal, action and resource, request entities and their parents, entity values);
+    also the longest id a token's uid or parent claim may give."""
+
+    max_string_bytes: int = Field(16 * 1024, ge=16, le=256 * 1024 * 1024)
+    """Longest attribute name or string value, in UTF-8 bytes, in a context or in request
+    entities (typed or Cedar JSON)."""
 
     max_token_bytes: int = Field(8 * 1024, ge=256, le=1024 * 1024)
     """Longest bearer token (`token`); a longer one is UNAUTHENTICATED."""
