@@ -394,11 +394,14 @@ def test_rotation_over_http_and_the_last_good_key_set(tmp_path: Path) -> None:
         with running_server(["--bundle", f"tokens={bundle}", "--no-watch"], env=env) as srv:
             with srv.channel() as ch:
                 stub = pb_grpc.AuthorizationServiceStub(ch)
-                assert _code(stub, old.sign(claims())) == grpc.StatusCode.OK
+                old_token = old.sign(claims())  # one token, verified and then remembered
+                assert _code(stub, old_token) == grpc.StatusCode.OK
+                assert _code(stub, old_token) == grpc.StatusCode.OK
                 assert _code(stub, new.sign(claims())) == grpc.StatusCode.UNAUTHENTICATED
                 idp.document = jwks(new)  # rotation: the new kid in, the old one out
                 _until(lambda: _code(stub, new.sign(claims())) == grpc.StatusCode.OK)
-                assert _code(stub, old.sign(claims())) == grpc.StatusCode.UNAUTHENTICATED
+                # The remembered verification went with the key set it was made against.
+                assert _code(stub, old_token) == grpc.StatusCode.UNAUTHENTICATED
                 # The IdP fails, then serves garbage: the last good key set keeps working.
                 idp.status, seen = 500, idp.requests
                 _until(lambda: idp.requests >= seen + 2)
@@ -481,3 +484,40 @@ def test_unsafe_jwt_settings_are_refused(settings: dict[str, str], message: str)
     values = {k: json.loads(v) if v.startswith(("[", "{")) else v for k, v in values.items()}
     with pytest.raises(ValidationError, match=message):
         Settings(**values)
+
+
+def test_a_key_verifies_only_the_algorithms_of_its_type() -> None:
+    """Even with HS256 on the list (which Settings refuses), no key of a JWKS of public
+    keys is ever an HMAC key: the RS/HS confusion has no key to use."""
+    from pdp.jwt_identity import parse_jwks
+
+    rsa, ec = rsa_key("r"), ec_key("e")
+    doc = json.loads(jwks(rsa, ec))
+    doc["keys"].append({"kty": "oct", "kid": "h", "k": "c2VjcmV0"})
+    doc["keys"].append({**doc["keys"][0], "kid": "r-ps", "alg": "PS256"})
+    keys, skipped = parse_jwks(
+        json.dumps(doc).encode(), frozenset({"HS256", "RS256", "PS256", "ES256"})
+    )
+    assert sorted(keys.keys) == [("e", "ES256"), ("r", "PS256"), ("r", "RS256"), ("r-ps", "PS256")]
+    assert skipped == [
+        "keys[2] (h): holds secret or private key material (a JWKS publishes public keys only)"
+    ]
+
+
+def test_a_remembered_token_still_expires(tmp_path: Path) -> None:
+    """Verified tokens are remembered, never past their `exp` (here with no leeway)."""
+    key = rsa_key("k")
+    bundle = write_bundle(tmp_path / "tokens")
+    (tmp_path / "jwks.json").write_text(jwks(key))
+    env = jwt_env(jwt_jwks_file=str(tmp_path / "jwks.json"), jwt_leeway_seconds="0")
+    with running_server(["--bundle", f"tokens={bundle}", "--no-watch"], env=env) as srv:
+        with srv.channel() as ch:
+            stub = pb_grpc.AuthorizationServiceStub(ch)
+            exp = int(time.time()) + 2
+            token = key.sign(claims(exp=exp))
+            assert _code(stub, token) == grpc.StatusCode.OK
+            assert _code(stub, token) == grpc.StatusCode.OK  # answered from memory
+            time.sleep(max(0.0, exp - time.time()) + 0.2)
+            err = refused(stub, token)
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert err.details().startswith("token: expired")
