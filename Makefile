@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck proto proto-check policy-test bench clean
+.PHONY: run test lint typecheck proto proto-check policy-test bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,11 @@ policy-test: $(STAMP) ## the default bundle's policy suites: 100% coverage, no s
 
 bench: $(STAMP)
 	$(BIN)/pytest bench/ --benchmark-only
+
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP) ## the fuzz tests with FUZZ_EXAMPLES inputs per property; counts in build/fuzz-counts.json
+	PDP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider service/tests/test_fuzz.py
+	cat build/fuzz-counts.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
