@@ -263,6 +263,31 @@ def test_a_caller_cannot_define_or_override_the_tokens_principal(
     assert decide(stub, keys["rsa"].sign(claims()), entities_json=other).decision == DENY
 
 
+def test_batch_level_entities_reach_the_items_of_a_token_batch(
+    stub: pb_grpc.AuthorizationServiceStub, keys: dict[str, Key]
+) -> None:
+    """Items without entities of their own take the batch's, token or not: so the batch's
+    `mallory in Org::"acme"` is seen, and refused, for every item that inherits it."""
+    own = [
+        {
+            "uid": {"type": "User", "id": "mallory"},
+            "attrs": {},
+            "parents": [{"type": "Org", "id": "acme"}],
+        }
+    ]
+    item = pb.BatchItem(action=uid("Action", "read"), resource=uid("Document", "d1"))
+    batch = pb.CheckBatchRequest(
+        tenant="tokens",
+        token=keys["rsa"].sign(claims()),
+        entities_json=json.dumps(own),
+        items=[item],
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CheckBatch(batch, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert 'entities[0]: User::"mallory": is the principal the token names' in err.value.details()
+
+
 def test_claims_that_do_not_fit_the_schema_are_unauthenticated(
     stub: pb_grpc.AuthorizationServiceStub, keys: dict[str, Key]
 ) -> None:

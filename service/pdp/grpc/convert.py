@@ -273,7 +273,8 @@ def batch_inputs(
     if principal is not None:
         _capped("principal", principal, limits)
     ctx = context("context", req.context, req.context_json, limits)
-    ents = _with_token(entities("entities", req.entities, req.entities_json, limits), token)
+    # Items without entities of their own share the batch's (one parse for all of them).
+    shared_ents = _with_token(entities("entities", req.entities, req.entities_json, limits), token)
     out: list[CheckInput] = []
     shared_ctx = ctx if ctx is not None else "{}"
     shared_size = utf8_size(shared_ctx)
@@ -300,9 +301,7 @@ def batch_inputs(
                 f"counts once per item using it), over the limit of "
                 f"{limits.max_batch_context_bytes}",
             )
-        item_ents = _with_token(
-            entities(f"{at}.entities", item.entities, item.entities_json, limits), token
-        )
+        item_ents = entities(f"{at}.entities", item.entities, item.entities_json, limits)
         out.append(
             CheckInput(
                 principal=item_principal,
@@ -313,7 +312,7 @@ def batch_inputs(
                     f"{at}.resource", _required_ref(f"{at}.resource", item, "resource"), limits
                 ),
                 context=used,
-                entities=item_ents if item_ents is not None else ents,
+                entities=shared_ents if item_ents is None else _with_token(item_ents, token),
             )
         )
     return out
