@@ -462,10 +462,21 @@ def batch_requests(draw: st.DrawFn) -> pb.CheckBatchRequest:
 def mutated(draw: st.DrawFn, messages: st.SearchStrategy[Any]) -> bytes:
     """A valid message's bytes with a few byte-level edits: flips, inserts, cuts, repeats."""
     data = bytearray(draw(messages).SerializeToString())
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "repeat", "ff"]))
-        at = draw(st.integers(0, len(data)))
-        if op == "flip" and at < len(data):
+    # Positions uniform over the message: Hypothesis's integers favour the ends, and the
+    # first bytes of a message are framing (a tag and a length).
+    rnd = draw(st.randoms(use_true_random=False))
+    for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
+        # A printable character in place of a byte keeps every length prefix (and mostly
+        # valid UTF-8), so the edit reaches the fields; the others test the framing.
+        op = draw(
+            st.sampled_from(
+                ["char"] * 12 + ["flip", "insert", "delete", "truncate", "repeat", "ff"]
+            )
+        )
+        at = rnd.randrange(len(data) + 1)
+        if op == "char" and at < len(data):
+            data[at] = draw(st.integers(0x20, 0x7E))
+        elif op == "flip" and at < len(data):
             data[at] ^= 1 << draw(st.integers(0, 7))
         elif op == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=8))
