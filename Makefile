@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck proto proto-check policy-test bench lock sbom clean
+.PHONY: run test lint typecheck proto proto-check policy-test bench lock sbom fuzz clean
 
 # Dependencies come from the lock, every file checked against its hash (pip, setuptools and
 # the tools included); the project itself is installed without dependencies, so nothing
@@ -59,6 +59,11 @@ sbom: $(STAMP) ## CycloneDX SBOM of the runtime lock: build/sbom.cdx.json
 	mkdir -p build
 	$(BIN)/cyclonedx-py requirements requirements.lock --pyproject pyproject.toml \
 		--output-reproducible --output-format JSON --output-file build/sbom.cdx.json
+
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP) ## the fuzz tests with FUZZ_EXAMPLES inputs per property; counts in build/fuzz-counts.json
+	PDP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider service/tests/test_fuzz.py
+	cat build/fuzz-counts.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

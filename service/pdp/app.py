@@ -35,6 +35,7 @@ from pdp.grpc.convert import Limits
 from pdp.grpc.entity_servicer import EntityServicer
 from pdp.grpc.server import PdpServer
 from pdp.grpc.tls import server_credentials
+from pdp.jwt_identity import token_verifier
 from pdp.metrics import Metrics, NoMetrics, multiprocess_dir
 from pdp.metrics_server import MetricsListener, process_registry
 from pdp.rate_limit import RateLimits
@@ -100,7 +101,6 @@ class App:
                 {"entries": "entries", "bytes": "bytes"},
             )
         self.metrics.kill_switches(k.scope.label() for k in self.kill_switch.active())
-        self.reloader = Reloader(
         try:
             admission = Admission.of(
                 settings.bundle_verification_keys,
@@ -117,6 +117,7 @@ class App:
             admission=admission,
             freshness=self.freshness,
         )
+        self.tokens = token_verifier(settings)  # None: requests carrying a token are refused
         self._server: PdpServer | None = None
         self._health_lock = threading.Lock()  # reloads (loop) vs. admin calls (their threads)
         self._draining = False
@@ -128,8 +129,11 @@ class App:
         self._tasks: set[asyncio.Task[None]] = set()  # keeps signal-started reloads alive
 
     def load(self) -> None:
-        """Load every bundle; raises BundleError (with every problem) if any fails."""
+        """Load every bundle, and the JWKS if tokens are configured; raises BundleError
+        (with every problem) or KeySetError if any fails."""
         self.reloader.load_all()
+        if self.tokens is not None:
+            self.tokens.keys.load()
 
     async def reload(self, tenants: set[str] | None = None) -> None:
         async with self._reloading:
@@ -233,6 +237,7 @@ class App:
             entity_service=self._entity_service(tracing),
             credentials=server_credentials(s),  # TlsConfigError names the setting
             rate_limits=RateLimits.of(s),
+            tokens=self.tokens,
         )
         self._server = server
         self._loop = asyncio.get_running_loop()
@@ -259,6 +264,8 @@ class App:
         watcher = asyncio.create_task(self._watch()) if s.watch else None
         poller = asyncio.create_task(self._poll_kill_switch())
         confirmer = asyncio.create_task(self._confirm()) if self.freshness else None
+        if self.tokens is not None:
+            self.tokens.keys.start()  # refreshes the JWKS off the request path
         # Signals stay handled until the end: a second Ctrl-C or a SIGHUP while draining
         # must not kill the process with calls in flight.
         with _signals(self):
@@ -284,6 +291,8 @@ class App:
             finally:
                 log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
                 await asyncio.to_thread(server.stop(s.shutdown_grace_seconds).wait)
+                if self.tokens is not None:
+                    await asyncio.to_thread(self.tokens.keys.stop)
                 tracing.shutdown()  # export the queued spans, within a bound
                 if self.decision_log is not None:
                     # Every answered call's records are written before the process exits.

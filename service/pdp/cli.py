@@ -21,7 +21,7 @@ from pdp import __version__
 from pdp.bundle import compile_bundle, load_bundle
 from pdp.bundle_files import build_archive, read_bundle_files
 from pdp.config import LISTEN, default_bundle, load_settings
-from pdp.errors import BundleError, PdpError, TlsConfigError
+from pdp.errors import BundleError, KeySetError, PdpError, TlsConfigError
 from pdp.model import DEFAULT_TENANT
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -232,6 +232,9 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except BundleError as exc:
         print(f"pdp: cannot start: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeySetError as exc:
+        print(f"pdp: cannot start: JWKS: {exc.message}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were up: nothing to drain
         print("pdp: interrupted before serving", file=sys.stderr)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,8 +20,9 @@ from pydantic_settings import (
 )
 
 from pdp.admin.identities import AdminIdentity
+from pdp.jwt_identity import ASYMMETRIC
 from pdp.masking import parse_path
-from pdp.model import DEFAULT_TENANT, TENANT_NAME
+from pdp.model import DEFAULT_TENANT, TENANT_NAME, TYPE_NAME
 from pdp.signing import load_public_key
 from pdp.tenants import BundleSources
 
@@ -214,6 +216,111 @@ class Settings(BaseSettings):
 
     metrics_listen: str = DEFAULT_METRICS_LISTEN
     """host:port of the Prometheus `/metrics` listener, or `off`; port 0 picks a free port."""
+
+    # String lengths (issue 10, "Limits and abuse"): every string a request carries has a
+    # cap; the ones a content cap does not already bound are capped here.
+    max_id_bytes: int = Field(1024, ge=16, le=1024 * 1024)
+    """Longest entity type or id, in UTF-8 bytes, wherever a request names an entity (the
+    principal, action and resource, request entities and their parents, entity values);
+    also the longest id a token's uid or parent claim may give."""
+
+    max_string_bytes: int = Field(16 * 1024, ge=16, le=256 * 1024 * 1024)
+    """Longest attribute name or string value, in UTF-8 bytes, in a context or in request
+    entities (typed or Cedar JSON)."""
+
+    max_token_bytes: int = Field(8 * 1024, ge=256, le=1024 * 1024)
+    """Longest bearer token (`token`); a longer one is UNAUTHENTICATED."""
+
+    # JWT principals (pdp.jwt_identity): a check may carry a bearer JWT instead of a
+    # principal. Off unless a JWKS is configured; then issuer and audience are required.
+    jwt_jwks_file: Path | None = None
+    """The JWKS (public keys that verify tokens) as a file, re-read every refresh."""
+
+    jwt_jwks_url: str | None = None
+    """The JWKS as an https URL (http only to a loopback host), fetched off the request path."""
+
+    jwt_issuer: str | None = None
+    """The `iss` every token must carry (required with a JWKS)."""
+
+    jwt_audience: str | None = None
+    """The `aud` every token must carry (required with a JWKS): a token minted for another
+    service is refused."""
+
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    """Algorithms a token may be signed with; asymmetric ones only (never `none` or HS*)."""
+
+    jwt_leeway_seconds: float = Field(30.0, ge=0, le=300)
+    """Clock skew allowed for `exp`, `nbf` and `iat`."""
+
+    jwt_jwks_refresh_seconds: float = Field(300.0, ge=0.1, le=86_400)
+    """How often the JWKS is read again (keys rotate in and out)."""
+
+    jwt_jwks_min_refresh_seconds: float = Field(30.0, ge=0.05, le=86_400)
+    """A token with an unknown `kid` asks for an early refresh, at most once per this long;
+    the request itself is answered from the keys at hand, never after a fetch."""
+
+    jwt_principal_type: str = "User"
+    """Entity type of a token's principal."""
+
+    jwt_uid_claim: str = "sub"
+    """The claim whose string is the principal's entity id."""
+
+    jwt_attribute_claims: dict[str, str] = Field(default_factory=dict)
+    """Claim -> attribute of the principal entity, e.g. `{"email": "email"}`."""
+
+    jwt_parent_claims: dict[str, str] = Field(default_factory=dict)
+    """Claim -> entity type of the principal's parents, e.g. `{"roles": "Role", "org":
+    "Org"}` (a string or a list of strings each)."""
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _check_algorithms(cls, v: list[str]) -> list[str]:
+        for alg in v:
+            if alg not in ASYMMETRIC:
+                raise ValueError(
+                    f"{alg!r} is not allowed: only asymmetric algorithms verify against a "
+                    f"JWKS of public keys ({', '.join(sorted(ASYMMETRIC))}); never none or HS*"
+                )
+        if not v:
+            raise ValueError("must name at least one algorithm")
+        return v
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        url = urllib.parse.urlsplit(v)
+        if url.scheme == "https" and url.hostname:
+            return v
+        if url.scheme == "http" and url.hostname is not None and is_loopback(url.hostname):
+            return v  # plaintext cannot be tampered with on the way from this host
+        raise ValueError("must be an https URL (or http to a loopback address: 127.0.0.1, ::1)")
+
+    @field_validator("jwt_principal_type")
+    @classmethod
+    def _check_principal_type(cls, v: str) -> str:
+        if not TYPE_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a Cedar entity type name")
+        return v
+
+    @field_validator("jwt_parent_claims")
+    @classmethod
+    def _check_parent_types(cls, v: dict[str, str]) -> dict[str, str]:
+        for claim, t in v.items():
+            if not TYPE_NAME.fullmatch(t):
+                raise ValueError(f"{claim}: {t!r} is not a Cedar entity type name")
+        return v
+
+    @model_validator(mode="after")
+    def _check_jwt(self) -> Settings:
+        if self.jwt_jwks_file is not None and self.jwt_jwks_url is not None:
+            raise ValueError("jwt_jwks_file and jwt_jwks_url: set one of them, not both")
+        if self.jwt_jwks_file is not None or self.jwt_jwks_url is not None:
+            for name in ("jwt_issuer", "jwt_audience"):
+                if not getattr(self, name):
+                    raise ValueError(f"{name}: required when a JWKS is configured")
+        return self
 
     @field_validator("listen", "metrics_listen")
     @classmethod

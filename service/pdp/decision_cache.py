@@ -69,7 +69,12 @@ def decision_key(
     try:
         ctx = request.context
         context = _text(ctx, memo) if isinstance(ctx, str) else canonical_value(ctx)
-        entities = "" if request.entities is None else _text(request.entities.json, memo)
+        delta = request.entities
+        entities = "" if delta is None else _text(delta.json, memo)
+        if delta is not None and delta.token is not None:
+            # The facts a token asserted about its principal are read too. A NUL never
+            # occurs in canonical JSON (it is escaped), so it parts the two unambiguously.
+            entities += "\x00" + delta.token.key
     except NotCanonical:
         return None
     p, a, r = request.principal, request.action, request.resource

@@ -31,7 +31,7 @@ from pdp.entity_slice import (
 )
 from pdp.entity_slice import request_entities as sliced_request_entities
 from pdp.entity_store.api import EntityStore
-from pdp.errors import DeadlineExceeded, InvalidRequest, NotReady, UnknownTenant
+from pdp.errors import DeadlineExceeded, InvalidRequest, NotReady, TokenRejected, UnknownTenant
 from pdp.kill_switch import KillSwitch
 from pdp.freshness import Freshness
 from pdp.model import (
@@ -42,8 +42,9 @@ from pdp.model import (
     EntityRef,
     PolicyError,
     RequestEntities,
+    TokenPrincipal,
 )
-from pdp.trust import check_request_entities, request_items
+from pdp.trust import check_request_entities, request_items, token_entities
 
 # Cedar names the policy of an evaluation error only in the message text. Bundle ids
 # hold no backtick (`pdp.bundle.ID_CHARS`), so the id is exactly the text up to the
@@ -320,7 +321,12 @@ def evaluate(
                 if delta not in checked:
                     if not trust_request_entities:
                         check_request_entities(bundle.trust, delta, at)
-                    checked[delta] = sliced_request_entities(request_items(delta, at), at)
+                    items = request_items(delta, at)
+                    if delta.token is not None:
+                        # A token's principal joins the caller's entities under its own
+                        # rule (pdp.trust).
+                        items = token_entities(bundle.trust, delta, at)
+                    checked[delta] = sliced_request_entities(items, at)
                 extra = checked[delta]
             seeds = _seeds(bundle, batch, [requests[i] for i in indices])
             memo = None if slices is None else (slices, bundle.version.digest, data_version)
@@ -416,6 +422,8 @@ def _slice_entities(
             cedarpy.Entities.from_json_str(piece.sources, bundle.schema)
         except ValueError:
             return None
+        if delta.token is not None:
+            _check_token_entity(bundle, delta.token)
         raise _request_entity_error(bundle, delta, exc, index) from exc
     if not extra:
         piece.parsed[:] = [entities]  # one list assignment: racing threads store equals
@@ -447,6 +455,17 @@ def _request_entity_error(
         f"{p.message} (line {p.line})" if p.line and p.line > 1 else p.message for p in problems
     )
     return InvalidRequest("entities", detail, index)
+
+
+def _check_token_entity(bundle: Bundle, token: TokenPrincipal) -> None:
+    """TokenRejected if Cedar refuses the token principal's own entity (its claims do not
+    fit the schema): the token's fault, not the caller's entities'."""
+    try:
+        cedarpy.Entities.from_json_str(f"[{token.entity_json()}]", bundle.schema)
+    except ValueError as exc:
+        raise TokenRejected(
+            f"its claims do not make a valid {token.uid.type} entity for this bundle: {exc}"
+        ) from exc
 
 
 def _authorize(

@@ -2,17 +2,20 @@
 
     PdpError
     ├── InvalidRequest      a request field is malformed or does not match the schema
+    │   └── EntityRejected  an entity store write refused (schema, cycle, cap): nothing written
     ├── UnknownTenant       no bundle is loaded for the named tenant
     ├── NotReady            no bundle is active yet, or the server is shutting down
     ├── BundleError         a bundle failed to load; carries every `BundleProblem`
-    └── StoreUnavailable    the entity store cannot be read or written (e.g. its server is down)
-    InvalidRequest
-    └── EntityRejected      an entity store write refused (schema, cycle, cap): nothing written
+    ├── StoreUnavailable    the entity store cannot be read or written (e.g. its server is down)
+    ├── EntityNotFound      EntityService.Get of an entity the store does not hold
+    ├── SliceFailed         a decision's entities could not be read consistently (retry)
     ├── TlsConfigError      TLS files or settings that cannot be served (start-up only)
     ├── RateLimited         a tenant's or client's request budget is spent
     ├── DeadlineExceeded    the caller's deadline passed before its turn to decide
     ├── Unauthenticated     an admin call without valid credentials
-    └── PermissionDenied    an admin identity without the role the call needs
+    ├── PermissionDenied    an admin identity without the role the call needs
+    ├── TokenRejected       a bearer token (JWT) did not authenticate a principal
+    └── KeySetError         the JWKS (token verification keys) could not be read or used
 
 The gRPC adapter maps `Code` to a status in one table (`pdp.grpc.status`); nothing
 below it knows about gRPC.
@@ -32,7 +35,7 @@ class Code(enum.Enum):
     FAILED_PRECONDITION = "failed_precondition"
     INTERNAL = "internal"
     DEADLINE_EXCEEDED = "deadline_exceeded"
-    # admin API (`pdp.admin`)
+    # admin API (`pdp.admin`) and bearer tokens (`pdp.jwt_identity`)
     UNAUTHENTICATED = "unauthenticated"
     PERMISSION_DENIED = "permission_denied"
 
@@ -183,3 +186,24 @@ class PermissionDenied(PdpError):
     """A verified identity that the allow-list does not grant the call's role."""
 
     code = Code.PERMISSION_DENIED
+
+
+# Bearer-token principals (`pdp.jwt_identity`).
+class TokenRejected(PdpError):
+    """A request's bearer token names no principal: a bad signature, an expired token, a
+    wrong issuer or audience, a refused algorithm or key, a missing claim, or claims the
+    tenant's bundle does not let a token assert. Never a decision: the caller is not
+    authenticated, so nothing was decided."""
+
+    code = Code.UNAUTHENTICATED
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"token: {reason}")
+        self.reason = reason
+
+
+class KeySetError(PdpError):
+    """The JWKS could not be read, or holds no usable key: fatal at start-up; later, the
+    refresher logs it and keeps the last good key set. Never reaches a caller."""
+
+    code = Code.UNAVAILABLE

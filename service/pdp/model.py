@@ -7,6 +7,7 @@ consumes, and it lets `context_json` / `entities_json` pass through untouched.
 from __future__ import annotations
 
 import enum
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,17 +39,46 @@ class EntityRef:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenPrincipal:
+    """The principal a validated bearer token names, with the facts its issuer asserts.
+
+    Built by `pdp.jwt_identity` from the token's claims, never from the caller's entities;
+    whether a bundle lets those facts in is `pdp.trust`'s rule. `attrs` is Cedar JSON text
+    (keys sorted); `parents` pairs each parent with the claim that named it; `key` is one
+    canonical text of all of it, for the decision cache.
+    """
+
+    uid: EntityRef
+    attrs: str = "{}"
+    parents: tuple[tuple[str, EntityRef], ...] = ()
+    attr_claims: tuple[str, ...] = ()  # the claims that supplied `attrs`
+    key: str = ""
+
+    @property
+    def asserted(self) -> tuple[str, ...]:
+        """Every claim that asserted a fact (an attribute or a parent)."""
+        return tuple(sorted({*self.attr_claims, *(c for c, _ in self.parents)}))
+
+    def entity_json(self) -> str:
+        parents = ",".join(json.dumps(p.as_cedar()) for _, p in self.parents)
+        uid = json.dumps(self.uid.as_cedar())
+        return f'{{"uid":{uid},"attrs":{self.attrs},"parents":[{parents}]}}'
+
+
+@dataclass(frozen=True, slots=True)
 class RequestEntities:
     """Entities supplied with a request: a Cedar JSON entity list as text.
 
     Kept as text so that a batch can share one parse among the items that use it.
     `items` is the same list already parsed, where the adapter parsed it (strictly, with
     no repeated keys), so the trust check does not parse it again; it takes no part in
-    equality or hashing.
+    equality or hashing. `token` is the principal a bearer token named: its entity is
+    built by the PDP and added beside the caller's (`json` never holds it).
     """
 
     json: str
     items: list[Any] | None = field(default=None, compare=False, hash=False)
+    token: TokenPrincipal | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,18 @@ its own refund. So, unless the manifest says `"request_entities": "trusted"`
 
 `compile_trust` checks the manifest against the schema once per bundle and
 precomputes the base's uids; `check_request_entities` then costs O(request).
+
+A bearer token's principal (`TokenPrincipal`) is different: its facts are asserted by
+the token's issuer, whom the server trusts, so the PDP builds that entity itself from
+the claims (`token_entities`), under three more rules, whatever the manifest says
+(`"trusted"` included):
+
+    e. a principal the bundle owns (its type is authoritative, or it is a base entity or
+       named by one) takes its facts from the bundle alone: a token that asserts any
+       attribute or parent of it is refused (TokenRejected), and no entity is added;
+    f. a parent of an authoritative type is refused: memberships in what the bundle owns
+       (roles, organisations) are the bundle's to grant, not a claim's;
+    g. no caller entity may be the token's principal: neither add to nor override it.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from typing import Any, NoReturn
 import cedarpy
 from pydantic import BaseModel, ConfigDict
 
-from pdp.errors import BundleProblem, InvalidRequest
+from pdp.errors import BundleProblem, InvalidRequest, TokenRejected
 from pdp.model import TYPE_NAME, EntityRef, RequestEntities
 
 MANIFEST = "manifest.json"
@@ -67,6 +79,7 @@ def compile_trust(
 
     `request_entities` None is the manifest's "trusted".
     """
+    defined, named, base_types = _base_uids(base)
     if request_entities is None:
         if authoritative_types is not None:
             problems.append(
@@ -76,8 +89,9 @@ def compile_trust(
                     "(the caller is trusted with every entity it sends)",
                 )
             )
-        return RequestTrust(trusted=True)
-    defined, named, base_types = _base_uids(base)
+        # The base's uids still decide who owns a token's principal (rule e).
+        known = frozenset(defined | named)
+        return RequestTrust(True, defined=frozenset(defined), named=frozenset(named), known=known)
     for i, t in enumerate(authoritative_types or ()):
         if not _declared(t, schema):
             problems.append(BundleProblem(MANIFEST, f"authoritative_types[{i}]: {_undeclared(t)}"))
@@ -162,6 +176,39 @@ def request_items(delta: RequestEntities, index: int) -> list[Any]:
     if not isinstance(items, list):
         raise InvalidRequest("entities", "must be a JSON list of Cedar entities", index)
     return items
+
+
+def token_entities(trust: RequestTrust, delta: RequestEntities, index: int) -> list[Any]:
+    """The request entities (parsed) as Cedar gets them: the caller's, and the entity of the token's
+    principal unless the bundle owns it (rules e, f, g of the module's docstring)."""
+    token = delta.token
+    assert token is not None
+    principal = (token.uid.type, token.uid.id)
+    items = request_items(delta, index)
+    for i, item in enumerate(items):
+        if type(item) is dict and _uid(item.get("uid")) == principal:
+            raise InvalidRequest(
+                f"entities[{i}]",
+                f"{token.uid}: is the principal the token names (its facts come from the "
+                "token's issuer, not from request entities)",
+                index,
+            )
+    if principal[0] in trust.authoritative or principal in trust.known:
+        if token.asserted:
+            why = "its type is authoritative" if principal[0] in trust.authoritative else ""
+            why = why or "the bundle's base entities define or name it"
+            raise TokenRejected(
+                f"claims {', '.join(token.asserted)} assert facts about {token.uid}, which "
+                f"this bundle owns ({why}): a token may only name such a principal"
+            )
+        return items
+    for claim, parent in token.parents:
+        if parent.type in trust.authoritative:
+            raise TokenRejected(
+                f"claim {claim}: {parent}: type {parent.type} is authoritative in this bundle "
+                "(its memberships are the bundle's to grant, not a token's)"
+            )
+    return [*items, json.loads(token.entity_json())]
 
 
 def _refuse_entity(trust: RequestTrust, at: str, uid: Uid, index: int) -> NoReturn:

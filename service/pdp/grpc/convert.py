@@ -9,7 +9,7 @@ import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from pdp._proto.v1 import authorization_pb2 as pb
@@ -25,11 +25,13 @@ from pdp.model import (
     Decision,
     EntityRef,
     RequestEntities,
+    TokenPrincipal,
 )
 
 _EXTENSIONS = {"ipaddr": "ip", "decimal": "decimal", "datetime": "datetime", "duration": "duration"}
 _MAX_DEPTH = 32  # nesting of sets/records; deeper values are refused, not recursed into
 _WIRE_PER_JSON_BYTE = 8  # at most this many protobuf bytes per byte of a value's Cedar JSON
+MAX_TENANT_BYTES = 128  # the longest name TENANT_NAME allows
 _DECISIONS = {Decision.ALLOW: pb.DECISION_ALLOW, Decision.DENY: pb.DECISION_DENY}
 
 
@@ -83,6 +85,8 @@ class Limits:
     max_context_bytes: int
     max_batch_context_bytes: int
     max_context_depth: int
+    max_id_bytes: int
+    max_string_bytes: int
 
     @staticmethod
     def of(settings: Settings) -> Limits:
@@ -102,8 +106,10 @@ def context(
     if text:
         name = f"{field}_json"
         _cap_bytes(name, utf8_size(text), limits.max_context_bytes)
-        if not isinstance(strict_json.loads(name, text, limits.max_context_depth), dict):
+        parsed = strict_json.loads(name, text, limits.max_context_depth)
+        if not isinstance(parsed, dict):
             raise InvalidRequest(name, "must be a JSON object (a Cedar record)")
+        _cap_strings(name, text, parsed, limits)
         return text  # cedarpy parses it again with the schema; pass the text through
     if typed:
         # Converting costs microseconds a value: refuse what cannot fit before converting
@@ -122,8 +128,38 @@ def context(
         _cap_bytes(field, len(out), limits.max_context_bytes)  # dumps escapes to ASCII
         if strict_json.depth(converted) > limits.max_context_depth:
             raise InvalidRequest(field, f"nested deeper than {limits.max_context_depth} levels")
+        _cap_strings(field, out, converted, limits)
         return out
     return None
+
+
+def _cap_strings(field: str, text: str, value: Any, limits: Limits) -> None:
+    """Refuse a string of `value` (whose JSON is `text`) over `max_string_bytes`, or an
+    entity type or id over `max_id_bytes`. The usual request has no long string at all,
+    which a search of the text shows at a fraction of the cost of walking the value."""
+    if strict_json.may_hold_longer(text, min(limits.max_string_bytes, limits.max_id_bytes)):
+        strict_json.check_strings(field, value, limits.max_string_bytes, limits.max_id_bytes)
+
+
+def _capped(field: str, ref: EntityRef, limits: Limits) -> EntityRef:
+    """`ref`, unless its type or id is longer than `max_id_bytes`."""
+    for part, text in (("type", ref.type), ("id", ref.id)):
+        size = utf8_size(text)
+        if size > limits.max_id_bytes:
+            raise InvalidRequest(
+                f"{field}.{part}",
+                f"{size} bytes exceed the limit of {limits.max_id_bytes} (max_id_bytes)",
+            )
+    return ref
+
+
+def _cap_tenant(tenant: str) -> None:
+    # No tenant can be served under a longer name (TENANT_NAME): refused before any lookup.
+    size = utf8_size(tenant)
+    if size > MAX_TENANT_BYTES:
+        raise InvalidRequest(
+            "tenant", f"{size} bytes exceed the limit of {MAX_TENANT_BYTES} (a tenant's name)"
+        )
 
 
 def utf8_size(text: str) -> int:
@@ -157,12 +193,17 @@ def entities(
             count = len(items) + len(parsed)
             raise InvalidRequest(name, f"{count} entities (with {field}) exceed the limit of {cap}")
         _cap_parents(name, typed, parsed, limits.max_request_entity_parents)
+        _cap_strings(name, text, parsed, limits)
         if not items:
             return RequestEntities(text, parsed)
         items += parsed
     if not items:
         return None
-    return RequestEntities(json.dumps(items, separators=(",", ":")), items)
+    out = json.dumps(items[: len(typed)], separators=(",", ":"))
+    _cap_strings(field, out, items[: len(typed)], limits)
+    if len(items) > len(typed):  # with entities_json: one text of both
+        out = json.dumps(items, separators=(",", ":"))
+    return RequestEntities(out, items)
 
 
 def _cap_parents(field: str, typed: Sequence[vpb.Entity], parsed: list[Any], cap: int) -> None:
@@ -191,30 +232,61 @@ def bypass_cache(req: pb.CheckRequest | pb.CheckBatchRequest) -> bool:
     return req.consistency == pb.CONSISTENCY_HIGHER_CONSISTENCY
 
 
-def check_input(req: pb.CheckRequest, limits: Limits = DEFAULT_LIMITS) -> CheckInput:
+def check_input(
+    req: pb.CheckRequest, limits: Limits = DEFAULT_LIMITS, token: TokenPrincipal | None = None
+) -> CheckInput:
+    """The request as the engine takes it; `token` is the principal its token named (the
+    servicer validated it), which then stands for `principal`."""
+    _cap_tenant(req.tenant)
     ctx = context("context", req.context, req.context_json, limits)
+    principal = token.uid if token else _required_ref("principal", req, "principal")
     return CheckInput(
-        principal=_required_ref("principal", req, "principal"),
-        action=_required_ref("action", req, "action"),
-        resource=_required_ref("resource", req, "resource"),
+        principal=_capped("principal", principal, limits),
+        action=_capped("action", _required_ref("action", req, "action"), limits),
+        resource=_capped("resource", _required_ref("resource", req, "resource"), limits),
         context="{}" if ctx is None else ctx,
-        entities=entities("entities", req.entities, req.entities_json, limits),
+        entities=_with_token(entities("entities", req.entities, req.entities_json, limits), token),
     )
 
 
-def batch_inputs(req: pb.CheckBatchRequest, limits: Limits = DEFAULT_LIMITS) -> list[CheckInput]:
-    """Items with the batch-level principal, context and entities filled in where unset."""
+def _with_token(
+    ents: RequestEntities | None, token: TokenPrincipal | None
+) -> RequestEntities | None:
+    """The request entities with the token's principal beside them (`pdp.trust` decides
+    whether its entity is added)."""
+    if token is None:
+        return ents
+    if ents is None:
+        return RequestEntities("[]", [], token)
+    return replace(ents, token=token)
+
+
+def batch_inputs(
+    req: pb.CheckBatchRequest, limits: Limits = DEFAULT_LIMITS, token: TokenPrincipal | None = None
+) -> list[CheckInput]:
+    """Items with the batch-level principal, context and entities filled in where unset;
+    with a `token`, its principal is every item's and no item may name another."""
+    _cap_tenant(req.tenant)
     principal = entity_ref("principal", req.principal) if req.HasField("principal") else None
+    if token is not None:
+        principal = token.uid
+    if principal is not None:
+        _capped("principal", principal, limits)
     ctx = context("context", req.context, req.context_json, limits)
-    ents = entities("entities", req.entities, req.entities_json, limits)
+    # Items without entities of their own share the batch's (one parse for all of them).
+    shared_ents = _with_token(entities("entities", req.entities, req.entities_json, limits), token)
     out: list[CheckInput] = []
     shared_ctx = ctx if ctx is not None else "{}"
     shared_size = utf8_size(shared_ctx)
     context_bytes = 0  # as Cedar parses them: a shared context once per item using it
     for i, item in enumerate(req.items):
         at = f"items[{i}]"
+        if item.HasField("principal") and token is not None:
+            raise InvalidRequest(f"{at}.principal", "set with token: the token names the principal")
         if item.HasField("principal"):
-            item_principal = entity_ref(f"{at}.principal", item.principal)
+            item_principal = _capped(
+                f"{at}.principal", entity_ref(f"{at}.principal", item.principal), limits
+            )
         elif principal is not None:
             item_principal = principal
         else:
@@ -233,10 +305,14 @@ def batch_inputs(req: pb.CheckBatchRequest, limits: Limits = DEFAULT_LIMITS) -> 
         out.append(
             CheckInput(
                 principal=item_principal,
-                action=_required_ref(f"{at}.action", item, "action"),
-                resource=_required_ref(f"{at}.resource", item, "resource"),
+                action=_capped(
+                    f"{at}.action", _required_ref(f"{at}.action", item, "action"), limits
+                ),
+                resource=_capped(
+                    f"{at}.resource", _required_ref(f"{at}.resource", item, "resource"), limits
+                ),
                 context=used,
-                entities=item_ents if item_ents is not None else ents,
+                entities=shared_ents if item_ents is None else _with_token(item_ents, token),
             )
         )
     return out

@@ -18,6 +18,7 @@ from pdp.grpc.convert import Limits
 from pdp.grpc.entity_servicer import ENTITY_SERVICE_NAME, EntityServicer, add_entity_service
 from pdp.grpc.servicer import AuthorizationServicer
 from pdp.grpc.wire import add_authorization_service
+from pdp.jwt_identity import TokenVerifier
 from pdp.metrics import Metrics
 from pdp.rate_limit import RateLimits
 from pdp.tracing import NO_TRACING, Tracing
@@ -54,6 +55,7 @@ class PdpServer:
         entity_service: EntityServicer | None = None,
         credentials: grpc.ServerCredentials | None = None,
         rate_limits: RateLimits | None = None,
+        tokens: TokenVerifier | None = None,
     ) -> None:
         self.server = grpc.server(
             # One thread for every call the server admits: grpcio reads a call's request on
@@ -89,6 +91,7 @@ class PdpServer:
                 metrics,
                 deciding=threads,
                 rate_limits=rate_limits,
+                tokens=tokens,
             ),
             self.server,
         )

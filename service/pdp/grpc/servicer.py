@@ -18,13 +18,14 @@ from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp.decision_log import DecisionLogger
 from pdp.engine import Engine
-from pdp.errors import DeadlineExceeded, InvalidRequest, RateLimited
+from pdp.errors import DeadlineExceeded, InvalidRequest, RateLimited, TokenRejected
 from pdp.grpc import convert
 from pdp.grpc.status import error_status, handle_errors
 from pdp.grpc.tls import client_identity
 from pdp.grpc.wire import Undecodable, decoded
+from pdp.jwt_identity import TokenVerifier
 from pdp.metrics import Metrics, NoMetrics
-from pdp.model import DEFAULT_TENANT
+from pdp.model import DEFAULT_TENANT, TokenPrincipal
 from pdp.rate_limit import RateLimits
 from pdp.tracing import NO_TRACING, Tracing
 
@@ -42,9 +43,11 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         *,
         deciding: int = 4,
         rate_limits: RateLimits | None = None,
+        tokens: TokenVerifier | None = None,
     ) -> None:
         self._engine = engine
         self._rate_limits = rate_limits  # None when off: the request path checks only that
+        self._tokens = tokens  # validates a request's `token`; None: tokens are refused
         # Calls deciding at once (`threads`): cedarpy holds the GIL, so more runnable
         # threads only contend for it; a call waiting for its message holds no slot.
         self._slots = threading.BoundedSemaphore(deciding)
@@ -105,7 +108,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         self, request: pb.CheckRequest, metadata: Sequence[tuple[str, Any]] | None
     ) -> pb.CheckResponse:
         started = time.perf_counter()
-        check = convert.check_input(request, self._limits)
+        check = convert.check_input(request, self._limits, self._token(request))
         bypass = convert.bypass_cache(request)
         with self.tracing.decision(request.tenant) as span:
             result = self._engine.check(request.tenant, check, bypass_cache=bypass)
@@ -114,6 +117,19 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
             self._decision_log.check(request.tenant, check, result, started, metadata)
         self.metrics.decided(request.tenant, check, result)
         return convert.check_response(result)
+
+    def _token(self, request: pb.CheckRequest | pb.CheckBatchRequest) -> TokenPrincipal | None:
+        """The principal the request's bearer token names, validated; None without one."""
+        token = request.token
+        if not token:
+            return None
+        if request.HasField("principal"):
+            raise InvalidRequest("principal", "set with token: name the principal by one of them")
+        if self._tokens is None:
+            raise TokenRejected(
+                "this server accepts no tokens (no jwt_jwks_file or jwt_jwks_url is configured)"
+            )
+        return self._tokens.principal(token)
 
     @handle_errors
     def Check(
@@ -142,7 +158,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         self, request: pb.CheckBatchRequest, context: grpc.ServicerContext
     ) -> pb.CheckBatchResponse:
         started = time.perf_counter()
-        inputs = convert.batch_inputs(request, self._limits)
+        inputs = convert.batch_inputs(request, self._limits, self._token(request))
         bypass = convert.bypass_cache(request)
         with self.tracing.decision(request.tenant, batch=True) as span:
             try:

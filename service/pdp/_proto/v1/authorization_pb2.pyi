@@ -109,6 +109,7 @@ class CheckRequest(_message.Message):
     ENTITIES_FIELD_NUMBER: _builtins.int
     ENTITIES_JSON_FIELD_NUMBER: _builtins.int
     CONSISTENCY_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """Policy store to ask; empty means "default"."""
     context_json: _builtins.str
@@ -119,6 +120,12 @@ class CheckRequest(_message.Message):
     """The same as Cedar JSON text (a list of entities); combined with `entities`."""
     consistency: Global___Consistency.ValueType
     """May the decision come from the decision cache? Default: yes, when enabled."""
+    token: _builtins.str
+    """A bearer JWT naming the principal, instead of `principal` (setting both is
+    INVALID_ARGUMENT). The server validates it (signature against its JWKS, iss,
+    aud, exp, nbf) and builds the principal entity from its claims; a token that
+    does not validate is UNAUTHENTICATED, never a decision.
+    """
     @_builtins.property
     def principal(self) -> _value_pb2.EntityUid: ...
     @_builtins.property
@@ -147,10 +154,11 @@ class CheckRequest(_message.Message):
         entities: _abc.Iterable[_value_pb2.Entity] | None = ...,
         entities_json: _builtins.str = ...,
         consistency: Global___Consistency.ValueType = ...,
+        token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "principal", b"principal", "resource", b"resource"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "consistency", b"consistency", "context", b"context", "context_json", b"context_json", "entities", b"entities", "entities_json", b"entities_json", "principal", b"principal", "resource", b"resource", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "consistency", b"consistency", "context", b"context", "context_json", b"context_json", "entities", b"entities", "entities_json", b"entities_json", "principal", b"principal", "resource", b"resource", "tenant", b"tenant", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -358,11 +366,16 @@ class CheckBatchRequest(_message.Message):
     ENTITIES_JSON_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
     CONSISTENCY_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     context_json: _builtins.str
     entities_json: _builtins.str
     consistency: Global___Consistency.ValueType
     """For every item: may its decision come from the decision cache?"""
+    token: _builtins.str
+    """A bearer JWT naming the principal of every item, instead of `principal` (then
+    neither the batch nor any item may set one: INVALID_ARGUMENT), as in CheckRequest.
+    """
     @_builtins.property
     def principal(self) -> _value_pb2.EntityUid:
         """Defaults for items that do not set their own."""
@@ -386,10 +399,11 @@ class CheckBatchRequest(_message.Message):
         entities_json: _builtins.str = ...,
         items: _abc.Iterable[Global___BatchItem] | None = ...,
         consistency: Global___Consistency.ValueType = ...,
+        token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["principal", b"principal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "context", b"context", "context_json", b"context_json", "entities", b"entities", "entities_json", b"entities_json", "items", b"items", "principal", b"principal", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "context", b"context", "context_json", b"context_json", "entities", b"entities", "entities_json", b"entities_json", "items", b"items", "principal", b"principal", "tenant", b"tenant", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
