@@ -36,11 +36,11 @@ from pdp.grpc.entity_servicer import EntityServicer
 from pdp.grpc.server import PdpServer
 from pdp.grpc.tls import server_credentials
 from pdp.jwt_identity import token_verifier
+from pdp.kill_switch import STATE_FILE, KillSwitch
 from pdp.metrics import Metrics, NoMetrics, multiprocess_dir
 from pdp.metrics_server import MetricsListener, process_registry
 from pdp.rate_limit import RateLimits
 from pdp.reloader import Reloader, TenantStatus
-from pdp.kill_switch import STATE_FILE, KillSwitch
 from pdp.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -80,7 +80,8 @@ class App:
             settings.data_dir / STATE_FILE, settings.kill_switch_file, self._kill_switch_changed
         )
         self.engine = Engine(
-            cache=_decision_cache(settings), store=self.store,
+            cache=_decision_cache(settings),
+            store=self.store,
             kill_switch=self.kill_switch,
             freshness=self.freshness,
         )

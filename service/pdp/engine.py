@@ -32,8 +32,8 @@ from pdp.entity_slice import (
 from pdp.entity_slice import request_entities as sliced_request_entities
 from pdp.entity_store.api import EntityStore
 from pdp.errors import DeadlineExceeded, InvalidRequest, NotReady, TokenRejected, UnknownTenant
-from pdp.kill_switch import KillSwitch
 from pdp.freshness import Freshness
+from pdp.kill_switch import KillSwitch
 from pdp.model import (
     DEFAULT_TENANT,
     CheckInput,
@@ -180,9 +180,7 @@ class Engine:
             killed = [self._killed(bundle, tenant, r) for r in requests]
             at = [i for i, k in enumerate(killed) if k is None]
             try:
-                rest = self._batch(
-                    bundle, tenant, [requests[i] for i in at], bypass_cache, expired
-                )
+                rest = self._batch(bundle, tenant, [requests[i] for i in at], bypass_cache, expired)
             except InvalidRequest as exc:  # name the item by its index in the whole batch
                 index = None if exc.index is None else at[exc.index]
                 raise InvalidRequest(exc.field, exc.reason, index) from exc

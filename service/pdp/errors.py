@@ -148,6 +148,8 @@ class SliceFailed(PdpError):
     between the reads of one slice): the check is not decided; retry."""
 
     code = Code.UNAVAILABLE
+
+
 # Transport and abuse limits (pdp.grpc.tls, pdp.rate_limit).
 class TlsConfigError(PdpError):
     """`setting` names the TLS setting at fault (a file it names, or a combination)."""

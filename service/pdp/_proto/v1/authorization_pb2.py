@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from pdp._proto.v1 import value_pb2 as pdp_dot_v1_dot_value__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apdp/v1/authorization.proto\x12\x06pdp.v1\x1a\x12pdp/v1/value.proto\"\x87\x03\n\x0c\x43heckRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12$\n\tprincipal\x18\x02 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12!\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12#\n\x08resource\x18\x04 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12\x32\n\x07\x63ontext\x18\x05 \x03(\x0b\x32!.pdp.v1.CheckRequest.ContextEntry\x12\x14\n\x0c\x63ontext_json\x18\x06 \x01(\t\x12 \n\x08\x65ntities\x18\x07 \x03(\x0b\x32\x0e.pdp.v1.Entity\x12\x15\n\rentities_json\x18\x08 \x01(\t\x12(\n\x0b\x63onsistency\x18\t \x01(\x0e\x32\x13.pdp.v1.Consistency\x12\r\n\x05token\x18\n \x01(\t\x1a=\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1c\n\x05value\x18\x02 \x01(\x0b\x32\r.pdp.v1.Value:\x02\x38\x01\"1\n\x0bPolicyError\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"@\n\rPolicyVersion\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"\xcd\x01\n\rCheckResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x10.pdp.v1.Decision\x12\x1c\n\x14\x64\x65termining_policies\x18\x02 \x03(\t\x12#\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x13.pdp.v1.PolicyError\x12-\n\x0epolicy_version\x18\x04 \x01(\x0b\x32\x15.pdp.v1.PolicyVersion\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12\x11\n\tcache_hit\x18\x06 \x01(\x08\"\xb8\x02\n\tBatchItem\x12$\n\tprincipal\x18\x01 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12!\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12#\n\x08resource\x18\x03 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12/\n\x07\x63ontext\x18\x04 \x03(\x0b\x32\x1e.pdp.v1.BatchItem.ContextEntry\x12\x14\n\x0c\x63ontext_json\x18\x05 \x01(\t\x12 \n\x08\x65ntities\x18\x06 \x03(\x0b\x32\x0e.pdp.v1.Entity\x12\x15\n\rentities_json\x18\x07 \x01(\t\x1a=\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1c\n\x05value\x18\x02 \x01(\x0b\x32\r.pdp.v1.Value:\x02\x38\x01\"\xeb\x02\n\x11\x43heckBatchRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12$\n\tprincipal\x18\x02 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12\x37\n\x07\x63ontext\x18\x03 \x03(\x0b\x32&.pdp.v1.CheckBatchRequest.ContextEntry\x12\x14\n\x0c\x63ontext_json\x18\x04 \x01(\t\x12 \n\x08\x65ntities\x18\x05 \x03(\x0b\x32\x0e.pdp.v1.Entity\x12\x15\n\rentities_json\x18\x06 \x01(\t\x12 \n\x05items\x18\x07 \x03(\x0b\x32\x11.pdp.v1.BatchItem\x12(\n\x0b\x63onsistency\x18\x08 \x01(\x0e\x32\x13.pdp.v1.Consistency\x12\r\n\x05token\x18\t \x01(\t\x1a=\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1c\n\x05value\x18\x02 \x01(\x0b\x32\r.pdp.v1.Value:\x02\x38\x01\"<\n\x12\x43heckBatchResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.pdp.v1.CheckResponse\"n\n\x13\x43heckStreamResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x15.pdp.v1.CheckResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.pdp.v1.CheckErrorH\x00\x42\t\n\x07outcome\"+\n\nCheckError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x11\n\rDECISION_DENY\x10\x01\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x02*p\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12 \n\x1c\x43ONSISTENCY_MINIMIZE_LATENCY\x10\x01\x12\"\n\x1e\x43ONSISTENCY_HIGHER_CONSISTENCY\x10\x02\x32\xd7\x01\n\x14\x41uthorizationService\x12\x34\n\x05\x43heck\x12\x14.pdp.v1.CheckRequest\x1a\x15.pdp.v1.CheckResponse\x12\x43\n\nCheckBatch\x12\x19.pdp.v1.CheckBatchRequest\x1a\x1a.pdp.v1.CheckBatchResponse\x12\x44\n\x0b\x43heckStream\x12\x14.pdp.v1.CheckRequest\x1a\x1b.pdp.v1.CheckStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apdp/v1/authorization.proto\x12\x06pdp.v1\x1a\x12pdp/v1/value.proto\"\x87\x03\n\x0c\x43heckRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12$\n\tprincipal\x18\x02 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12!\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12#\n\x08resource\x18\x04 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12\x32\n\x07\x63ontext\x18\x05 \x03(\x0b\x32!.pdp.v1.CheckRequest.ContextEntry\x12\x14\n\x0c\x63ontext_json\x18\x06 \x01(\t\x12 \n\x08\x65ntities\x18\x07 \x03(\x0b\x32\x0e.pdp.v1.Entity\x12\x15\n\rentities_json\x18\x08 \x01(\t\x12(\n\x0b\x63onsistency\x18\t \x01(\x0e\x32\x13.pdp.v1.Consistency\x12\r\n\x05token\x18\n \x01(\t\x1a=\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1c\n\x05value\x18\x02 \x01(\x0b\x32\r.pdp.v1.Value:\x02\x38\x01\"1\n\x0bPolicyError\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"@\n\rPolicyVersion\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"\xf3\x01\n\rCheckResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x10.pdp.v1.Decision\x12\x1c\n\x14\x64\x65termining_policies\x18\x02 \x03(\t\x12#\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x13.pdp.v1.PolicyError\x12-\n\x0epolicy_version\x18\x04 \x01(\x0b\x32\x15.pdp.v1.PolicyVersion\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12\x11\n\tcache_hit\x18\x06 \x01(\x08\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x14\n\x0c\x64\x61ta_version\x18\x08 \x01(\x04\"\xb8\x02\n\tBatchItem\x12$\n\tprincipal\x18\x01 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12!\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12#\n\x08resource\x18\x03 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12/\n\x07\x63ontext\x18\x04 \x03(\x0b\x32\x1e.pdp.v1.BatchItem.ContextEntry\x12\x14\n\x0c\x63ontext_json\x18\x05 \x01(\t\x12 \n\x08\x65ntities\x18\x06 \x03(\x0b\x32\x0e.pdp.v1.Entity\x12\x15\n\rentities_json\x18\x07 \x01(\t\x1a=\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1c\n\x05value\x18\x02 \x01(\x0b\x32\r.pdp.v1.Value:\x02\x38\x01\"\xeb\x02\n\x11\x43heckBatchRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12$\n\tprincipal\x18\x02 \x01(\x0b\x32\x11.pdp.v1.EntityUid\x12\x37\n\x07\x63ontext\x18\x03 \x03(\x0b\x32&.pdp.v1.CheckBatchRequest.ContextEntry\x12\x14\n\x0c\x63ontext_json\x18\x04 \x01(\t\x12 \n\x08\x65ntities\x18\x05 \x03(\x0b\x32\x0e.pdp.v1.Entity\x12\x15\n\rentities_json\x18\x06 \x01(\t\x12 \n\x05items\x18\x07 \x03(\x0b\x32\x11.pdp.v1.BatchItem\x12(\n\x0b\x63onsistency\x18\x08 \x01(\x0e\x32\x13.pdp.v1.Consistency\x12\r\n\x05token\x18\t \x01(\t\x1a=\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1c\n\x05value\x18\x02 \x01(\x0b\x32\r.pdp.v1.Value:\x02\x38\x01\"<\n\x12\x43heckBatchResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.pdp.v1.CheckResponse\"n\n\x13\x43heckStreamResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x15.pdp.v1.CheckResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.pdp.v1.CheckErrorH\x00\x42\t\n\x07outcome\"+\n\nCheckError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x11\n\rDECISION_DENY\x10\x01\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x02*p\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12 \n\x1c\x43ONSISTENCY_MINIMIZE_LATENCY\x10\x01\x12\"\n\x1e\x43ONSISTENCY_HIGHER_CONSISTENCY\x10\x02\x32\xd7\x01\n\x14\x41uthorizationService\x12\x34\n\x05\x43heck\x12\x14.pdp.v1.CheckRequest\x1a\x15.pdp.v1.CheckResponse\x12\x43\n\nCheckBatch\x12\x19.pdp.v1.CheckBatchRequest\x1a\x1a.pdp.v1.CheckBatchResponse\x12\x44\n\x0b\x43heckStream\x12\x14.pdp.v1.CheckRequest\x1a\x1b.pdp.v1.CheckStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHITEM_CONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_CHECKBATCHREQUEST_CONTEXTENTRY']._loaded_options = None
   _globals['_CHECKBATCHREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_DECISION']._serialized_start=1677
-  _globals['_DECISION']._serialized_end=1752
-  _globals['_CONSISTENCY']._serialized_start=1754
-  _globals['_CONSISTENCY']._serialized_end=1866
+  _globals['_DECISION']._serialized_start=1715
+  _globals['_DECISION']._serialized_end=1790
+  _globals['_CONSISTENCY']._serialized_start=1792
+  _globals['_CONSISTENCY']._serialized_end=1904
   _globals['_CHECKREQUEST']._serialized_start=59
   _globals['_CHECKREQUEST']._serialized_end=450
   _globals['_CHECKREQUEST_CONTEXTENTRY']._serialized_start=389
@@ -52,21 +52,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLICYVERSION']._serialized_start=503
   _globals['_POLICYVERSION']._serialized_end=567
   _globals['_CHECKRESPONSE']._serialized_start=570
-  _globals['_CHECKRESPONSE']._serialized_end=775
-  _globals['_BATCHITEM']._serialized_start=778
-  _globals['_BATCHITEM']._serialized_end=1090
+  _globals['_CHECKRESPONSE']._serialized_end=813
+  _globals['_BATCHITEM']._serialized_start=816
+  _globals['_BATCHITEM']._serialized_end=1128
   _globals['_BATCHITEM_CONTEXTENTRY']._serialized_start=389
   _globals['_BATCHITEM_CONTEXTENTRY']._serialized_end=450
-  _globals['_CHECKBATCHREQUEST']._serialized_start=1093
-  _globals['_CHECKBATCHREQUEST']._serialized_end=1456
+  _globals['_CHECKBATCHREQUEST']._serialized_start=1131
+  _globals['_CHECKBATCHREQUEST']._serialized_end=1494
   _globals['_CHECKBATCHREQUEST_CONTEXTENTRY']._serialized_start=389
   _globals['_CHECKBATCHREQUEST_CONTEXTENTRY']._serialized_end=450
-  _globals['_CHECKBATCHRESPONSE']._serialized_start=1458
-  _globals['_CHECKBATCHRESPONSE']._serialized_end=1518
-  _globals['_CHECKSTREAMRESPONSE']._serialized_start=1520
-  _globals['_CHECKSTREAMRESPONSE']._serialized_end=1630
-  _globals['_CHECKERROR']._serialized_start=1632
-  _globals['_CHECKERROR']._serialized_end=1675
-  _globals['_AUTHORIZATIONSERVICE']._serialized_start=1869
-  _globals['_AUTHORIZATIONSERVICE']._serialized_end=2084
+  _globals['_CHECKBATCHRESPONSE']._serialized_start=1496
+  _globals['_CHECKBATCHRESPONSE']._serialized_end=1556
+  _globals['_CHECKSTREAMRESPONSE']._serialized_start=1558
+  _globals['_CHECKSTREAMRESPONSE']._serialized_end=1668
+  _globals['_CHECKERROR']._serialized_start=1670
+  _globals['_CHECKERROR']._serialized_end=1713
+  _globals['_AUTHORIZATIONSERVICE']._serialized_start=1907
+  _globals['_AUTHORIZATIONSERVICE']._serialized_end=2122
 # @@protoc_insertion_point(module_scope)

@@ -226,6 +226,7 @@ class CheckResponse(_message.Message):
     DECISION_ID_FIELD_NUMBER: _builtins.int
     CACHE_HIT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    DATA_VERSION_FIELD_NUMBER: _builtins.int
     decision: Global___Decision.ValueType
     decision_id: _builtins.str
     """Unique per decision; quote it when asking about a decision in the logs."""
@@ -235,6 +236,10 @@ class CheckResponse(_message.Message):
     """
     reason: _builtins.str
     """Why a Deny was forced without evaluating policies (kill switch, stale bundle); empty when the policies decided."""
+    data_version: _builtins.int
+    """The entity store data version the decision read (EntityService); 0 when the
+    tenant's store has never been written.
+    """
     @_builtins.property
     def determining_policies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Policies that determined the decision: @id annotation, else id in the bundle."""
@@ -257,10 +262,11 @@ class CheckResponse(_message.Message):
         decision_id: _builtins.str = ...,
         cache_hit: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        data_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy_version", b"policy_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "decision", b"decision", "decision_id", b"decision_id", "determining_policies", b"determining_policies", "errors", b"errors", "policy_version", b"policy_version", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "data_version", b"data_version", "decision", b"decision", "decision_id", b"decision_id", "determining_policies", b"determining_policies", "errors", b"errors", "policy_version", b"policy_version", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
