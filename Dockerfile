@@ -46,10 +46,15 @@ RUN groupadd --system --gid 10001 pdp \
  && mkdir -p /data && chown 10001:10001 /data
 VOLUME ["/data", "/tmp"]
 WORKDIR /app
+# A container must listen beyond its own loopback, so plaintext is allowed here explicitly
+# (the server refuses it off loopback otherwise). For TLS, mount a certificate and key and
+# set PDP_TLS_CERT_FILE / PDP_TLS_KEY_FILE (and PDP_ALLOW_PLAINTEXT=false); `pdp health`
+# speaks plaintext, so with TLS on replace the HEALTHCHECK below.
 ENV PATH=/opt/pdp/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PDP_LISTEN=0.0.0.0:50051 \
+    PDP_ALLOW_PLAINTEXT=true \
     PDP_BUNDLES='{"default": "/app/policies"}' \
     PDP_DATA_DIR=/data \
     PDP_DRAIN_SECONDS=5
