@@ -235,14 +235,14 @@ class App:
             tracing=tracing,
             decision_log=self.decision_log,
             metrics=self.metrics,
-            entity_service=self._entity_service(tracing),
             credentials=server_credentials(s),  # TlsConfigError names the setting
             rate_limits=RateLimits.of(s),
             tokens=self.tokens,
         )
         self._server = server
         self._loop = asyncio.get_running_loop()
-        admin = self._admin(server)  # before any port serves: a refused admin setup exits
+        # Before any port serves: a refused admin setup exits.
+        admin = self._admin(server, self._entity_service(tracing))
         self._update_health()  # before the first call: the health servicer starts SERVING
         server.start()
         host = s.listen.rsplit(":", 1)[0]
@@ -314,21 +314,28 @@ class App:
             metrics=self.metrics,
         )
 
-    def _admin(self, server: PdpServer) -> AdminServer | None:
-        """The admin API: on its own server (returned, not started yet), or on `server`."""
+    def _admin(self, server: PdpServer, entities: EntityServicer | None) -> AdminServer | None:
+        """The admin API, and the EntityService beside it: on their own server (returned,
+        not started yet), or on `server`. Both behind the same guard: the store's entities
+        are facts decisions trust, so writing them is an admin act (issue 10), and a caller
+        of the decision port cannot grant itself a role."""
         from pdp.admin.server import AdminServer, add_admin_service, guard_of, refuse_plaintext
-        from pdp.grpc.tls import server_credentials
 
         s = self.settings
         if s.admin_listen == "off" and not s.admin_on_decision_port:
+            if entities is not None:
+                log.warning("admin_listen is off: the EntityService is not served")
             return None
         guard = self._guard = guard_of(s)
+        credentials = server_credentials(s)
         if not s.admin_on_decision_port:
             # The decision port's TLS settings: one certificate, one client CA, one reload.
-            return AdminServer(s.admin_listen, self, guard, server_credentials(s))
+            return AdminServer(
+                s.admin_listen, self, guard, credentials, entities, s.max_message_bytes
+            )
         # Instead of its own port: on the decision port, still behind the guard.
-        refuse_plaintext("listen (admin_on_decision_port)", s.listen, None)
-        add_admin_service(server.server, self, guard)
+        refuse_plaintext("listen (admin_on_decision_port)", s.listen, credentials)
+        add_admin_service(server.server, self, guard, entities)
         return None
 
     async def _poll_kill_switch(self) -> None:

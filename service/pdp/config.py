@@ -382,8 +382,9 @@ class Settings(BaseSettings):
 
     # The EntityService (`pdp.grpc.entity_servicer`, issue 9): the store's writes and reads.
     entity_service: bool = True
-    """Serve pdp.v1.EntityService on the decision port. Its writes are what decisions trust:
-    it is to move to the admin port, behind admin authentication (issue 10)."""
+    """Serve pdp.v1.EntityService beside the AdminService (`admin_listen`), behind the same
+    authentication and roles (Write needs `write`; Get, List and GetDataVersion `read`):
+    its writes are facts decisions trust."""
     # Transport security (`pdp.grpc.tls`) and per-caller limits (`pdp.rate_limit`).
     tls_cert_file: Path | None = None
     """PEM server certificate (chain) for the gRPC port; with `tls_key_file`, TLS is on.

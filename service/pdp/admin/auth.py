@@ -33,9 +33,13 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
         "ClearKillSwitch": Role.WRITE,
         "GetKillSwitch": Role.READ,
     },
-    # When the entity store's writes move behind admin auth (round 2): register the
-    # EntityService with `pdp.admin.guard.add_guarded_service` and add
-    #   "pdp.v1.EntityService": {"Write": WRITE, "Delete": WRITE, "Get": READ, "List": READ}
+    # The entity store's entities are facts decisions trust: writing them is an admin act.
+    "pdp.v1.EntityService": {
+        "Write": Role.WRITE,
+        "Get": Role.READ,
+        "List": Role.READ,
+        "GetDataVersion": Role.READ,
+    },
 }
 
 

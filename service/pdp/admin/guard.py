@@ -66,7 +66,15 @@ class Guard:
                 self._auth.authorize(caller, needed)
                 return handler(decoded(request), context)
             except Exception as exc:
-                code, details = error_status(exc, full)
+                aborted = context.code()
+                if aborted is not None and aborted != grpc.StatusCode.OK:
+                    # The handler ended the call itself (`pdp.grpc.status.handle_errors`, as
+                    # the EntityService does): keep its status, not INTERNAL for the abort.
+                    raw = context.details()
+                    code = aborted
+                    details = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+                else:
+                    code, details = error_status(exc, full)
             finally:
                 CALLER.reset(token)
                 self.audit.record(

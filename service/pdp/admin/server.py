@@ -15,6 +15,7 @@ from pdp.admin.auth import Authenticator
 from pdp.admin.guard import Guard, add_guarded_service
 from pdp.admin.servicer import AdminServicer, Target
 from pdp.config import LISTEN, Settings, is_loopback
+from pdp.grpc.entity_servicer import ENTITY_SERVICE, EntityServicer
 from pdp.grpc.tls import peer_identity
 
 log = logging.getLogger("pdp.admin")
@@ -46,8 +47,12 @@ def guard_of(settings: Settings) -> Guard:
     )
 
 
-def add_admin_service(server: grpc.Server, target: Target, guard: Guard) -> None:
+def add_admin_service(
+    server: grpc.Server, target: Target, guard: Guard, entities: EntityServicer | None = None
+) -> None:
     add_guarded_service(server, SERVICE, AdminServicer(target), guard)
+    if entities is not None:
+        add_guarded_service(server, ENTITY_SERVICE, entities, guard)
 
 
 class AdminServer:
@@ -60,17 +65,22 @@ class AdminServer:
         target: Target,
         guard: Guard,
         credentials: grpc.ServerCredentials | None = None,
+        entities: EntityServicer | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         refuse_plaintext("admin_listen", listen, credentials)
+        # Entity writes carry up to `entity_write_max_entities` entities: the decision
+        # port's message cap; the admin calls alone need little.
+        max_bytes = MAX_MESSAGE_BYTES if entities is None else max_message_bytes
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="pdp-admin"),
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.so_reuseport", 0),  # a taken admin port fails, never shares
             ],
             maximum_concurrent_rpcs=MAX_RPCS,
         )
-        add_admin_service(self.server, target, guard)
+        add_admin_service(self.server, target, guard, entities)
         if credentials is None:
             self.port = self.server.add_insecure_port(listen)
         else:

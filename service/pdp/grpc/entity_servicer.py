@@ -25,12 +25,13 @@ from pdp.entity_store.validate import schema_validator
 from pdp.errors import EntityNotFound, EntityRejected, InvalidRequest
 from pdp.grpc import convert
 from pdp.grpc.status import handle_errors
-from pdp.grpc.wire import Undecodable, add_unary_service, decoded
+from pdp.grpc.wire import Undecodable, decoded
 from pdp.metrics import Metrics, NoMetrics
 from pdp.model import DEFAULT_TENANT, TYPE_NAME, EntityRef
 from pdp.tracing import NO_TRACING, Tracing
 
-ENTITY_SERVICE_NAME: str = epb.DESCRIPTOR.services_by_name["EntityService"].full_name
+ENTITY_SERVICE = epb.DESCRIPTOR.services_by_name["EntityService"]
+ENTITY_SERVICE_NAME: str = ENTITY_SERVICE.full_name
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
@@ -147,24 +148,6 @@ class EntityServicer:
         request = decoded(request)
         tenant = self._tenant(request.tenant)
         return epb.GetDataVersionResponse(data_version=self._store.data_version(tenant))
-
-
-def add_entity_service(server: grpc.Server, servicer: EntityServicer) -> None:
-    """Serve `pdp.v1.EntityService` on `server` (decoding leniently, as `pdp.grpc.wire`)."""
-    add_unary_service(
-        server,
-        ENTITY_SERVICE_NAME,
-        {
-            "Write": (servicer.Write, epb.WriteEntitiesRequest, epb.WriteEntitiesResponse),
-            "Get": (servicer.Get, epb.GetEntityRequest, epb.GetEntityResponse),
-            "List": (servicer.List, epb.ListEntitiesRequest, epb.ListEntitiesResponse),
-            "GetDataVersion": (
-                servicer.GetDataVersion,
-                epb.GetDataVersionRequest,
-                epb.GetDataVersionResponse,
-            ),
-        },
-    )
 
 
 def _uid(ref: EntityRef) -> EntityUid:

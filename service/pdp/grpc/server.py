@@ -15,7 +15,6 @@ from pdp._proto.v1 import authorization_pb2 as pb
 from pdp.decision_log import DecisionLogger
 from pdp.engine import Engine
 from pdp.grpc.convert import Limits
-from pdp.grpc.entity_servicer import ENTITY_SERVICE_NAME, EntityServicer, add_entity_service
 from pdp.grpc.servicer import AuthorizationServicer
 from pdp.grpc.wire import add_authorization_service
 from pdp.jwt_identity import TokenVerifier
@@ -52,7 +51,6 @@ class PdpServer:
         tracing: Tracing = NO_TRACING,
         decision_log: DecisionLogger | None = None,
         metrics: Metrics | None = None,
-        entity_service: EntityServicer | None = None,
         credentials: grpc.ServerCredentials | None = None,
         rate_limits: RateLimits | None = None,
         tokens: TokenVerifier | None = None,
@@ -95,15 +93,11 @@ class PdpServer:
             ),
             self.server,
         )
-        # On the decision port for now; it belongs behind admin authentication (issue 10).
-        if entity_service is not None:
-            add_entity_service(self.server, entity_service)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
-                *((ENTITY_SERVICE_NAME,) if entity_service is not None else ()),
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

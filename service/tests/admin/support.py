@@ -106,4 +106,14 @@ def eventually(probe: Callable[[], bool], timeout: float = 10.0) -> float:
 
 
 def serve_args(cfg: AdminConfig, *more: str) -> Sequence[str]:
-    return ["--config", str(cfg.path), "--bundle", f"default={DEFAULT_BUNDLE}", "--no-watch", *more]
+    # --data-dir as a flag too: the suite's PDP_DATA_DIR (conftest) outranks the file's.
+    return [
+        "--config",
+        str(cfg.path),
+        "--data-dir",
+        str(cfg.data_dir),
+        "--bundle",
+        f"default={DEFAULT_BUNDLE}",
+        "--no-watch",
+        *more,
+    ]

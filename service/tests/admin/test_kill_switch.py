@@ -95,9 +95,10 @@ def test_set_by_the_admin_api_it_denies_with_its_reason_and_survives_a_restart(
         assert list(denied.determining_policies) == [] and denied.policy_version.bundle == "default"
     state = json.loads((cfg.data_dir / "kill_switch.json").read_text())
     assert [k["reason"] for k in state["kill_switches"]] == ["incident 42"]
-    assert sorted(p.name for p in cfg.data_dir.iterdir()) == [
+    # No temp file left beside it (the entity store's SQLite files share the directory).
+    assert sorted(p.name for p in cfg.data_dir.iterdir() if "entities.sqlite3" not in p.name) == [
         "kill_switch.json"
-    ]  # no temp file left
+    ]
     with running_server(serve_args(cfg)) as srv, srv.channel() as ch:
         stub = pb_grpc.AuthorizationServiceStub(ch)
         # The first call after the restart, before any admin call: still killed.
@@ -332,7 +333,11 @@ def test_a_data_dir_that_cannot_hold_the_state_denies_all_and_refuses_to_set(
     not_a_dir.write_text("a file where data_dir should be")
     cfg = token_config(tmp_path)
     with (
-        running_server([*serve_args(cfg), "--data-dir", str(not_a_dir)]) as srv,
+        running_server(
+            [*serve_args(cfg), "--data-dir", str(not_a_dir)],
+            # The entity store elsewhere: in an unusable data_dir it would refuse to start.
+            env={"PDP_ENTITY_STORE_URL": f"sqlite:///{tmp_path / 'entities.sqlite3'}"},
+        ) as srv,
         srv.channel() as ch,
     ):
         stub, admin = pb_grpc.AuthorizationServiceStub(ch), Admin(srv)

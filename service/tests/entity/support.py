@@ -17,7 +17,30 @@ from pdp._proto.v1 import entity_pb2 as epb
 from pdp._proto.v1 import entity_pb2_grpc as epb_grpc
 from pdp._proto.v1 import value_pb2 as vpb
 
+from ..admin.support import WRITE_TOKEN, admin_port, bearer, token_hash
 from ..support import ServerProcess, running_server
+
+# The EntityService is served beside the AdminService, behind its authentication: the
+# servers these tests start allow one write token.
+ADMIN_ENV = {
+    "PDP_ADMIN_IDENTITIES": json.dumps([{"identity": token_hash(WRITE_TOKEN), "role": "write"}])
+}
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Every call carries the write token."""
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), *bearer(WRITE_TOKEN)]
+        return continuation(details._replace(metadata=metadata), request)
+
+
+@contextmanager
+def entity_stub(server: ServerProcess) -> Iterator[epb_grpc.EntityServiceStub]:
+    """An EntityService stub on `server`'s admin port, authenticated with the write token."""
+    with grpc.insecure_channel(f"127.0.0.1:{admin_port(server)}") as channel:
+        yield epb_grpc.EntityServiceStub(grpc.intercept_channel(channel, _Bearer()))
+
 
 ALLOW, DENY = pb.DECISION_ALLOW, pb.DECISION_DENY
 
@@ -179,11 +202,12 @@ def store_server(
     with (
         running_server(
             ["--bundle", f"default={bundle}", "--no-watch", *args],
-            env={"PDP_DATA_DIR": str(tmp_path / "data"), **(env or {})},
+            env={"PDP_DATA_DIR": str(tmp_path / "data"), **ADMIN_ENV, **(env or {})},
         ) as server,
         server.channel() as channel,
+        entity_stub(server) as entities,
     ):
-        yield server, pb_grpc.AuthorizationServiceStub(channel), epb_grpc.EntityServiceStub(channel)
+        yield server, pb_grpc.AuthorizationServiceStub(channel), entities
 
 
 def refusal(call: Any, request: Any) -> tuple[grpc.StatusCode, str]:

@@ -11,11 +11,23 @@ from pathlib import Path
 import pytest
 
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
-from pdp._proto.v1 import entity_pb2_grpc as epb_grpc
 
 from ..entity_store.postgres_support import throwaway_postgres
 from ..support import running_server
-from .support import ALLOW, DENY, check, document, group, org, ref, user, write, write_bundle
+from .support import (
+    ADMIN_ENV,
+    ALLOW,
+    DENY,
+    check,
+    document,
+    entity_stub,
+    group,
+    org,
+    ref,
+    user,
+    write,
+    write_bundle,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +42,17 @@ def test_a_write_through_one_replica_is_seen_by_the_next_check_on_another(
     tenant = "r" + uuid.uuid4().hex[:12]  # a store of its own, even on a shared server
     bundle = write_bundle(tmp_path / "bundle")
     args = ["--bundle", f"{tenant}={bundle}", "--no-watch"]
-    env = {"PDP_ENTITY_STORE_URL": postgres_url, "PDP_DATA_DIR": str(tmp_path / "data")}
+    env = {
+        "PDP_ENTITY_STORE_URL": postgres_url,
+        "PDP_DATA_DIR": str(tmp_path / "data"),
+        **ADMIN_ENV,
+    }
     with (
         running_server(args, env=env) as a,
         running_server(args, env=env) as b,
-        a.channel() as to_a,
+        entity_stub(a) as writes,
         b.channel() as to_b,
     ):
-        writes = epb_grpc.EntityServiceStub(to_a)
         checks = pb_grpc.AuthorizationServiceStub(to_b)
         request = check("carol", "read", "doc1", tenant=tenant)
         assert checks.Check(request).decision == DENY  # nothing stored yet (and now cached)
