@@ -1,6 +1,7 @@
 """Every admin call is authenticated and authorized, and audited, over the real server.
 
-The matrix walks every AdminService method with every kind of caller and expects the
+The matrix walks every AdminService and EntityService method (the entity store's writes
+are admin calls too) with every kind of caller and expects the
 exact status code; the audit log must hold one line per call with the caller's identity
 and that code, and never the token itself.
 """
@@ -15,6 +16,9 @@ import grpc
 import pytest
 
 from pdp._proto.v1 import admin_pb2 as apb
+from pdp._proto.v1 import entity_pb2 as epb
+from pdp._proto.v1 import entity_pb2_grpc as epb_grpc
+from pdp._proto.v1 import value_pb2 as vpb
 from pdp.admin.auth import METHOD_ROLES
 
 from ..certs import issue, make_ca, server_cert
@@ -40,14 +44,32 @@ DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 # Each method with a request that succeeds for a caller allowed to make it (harmless: the
 # kill switch is set and cleared on a tenant that does not exist).
+# (Entity writes delete an entity that was never stored: harmless, yet a real write.)
+NOBODY = vpb.EntityUid(type="User", id="matrix-nobody")
 CALLS: dict[str, Any] = {
-    "ReloadTenant": apb.ReloadTenantRequest(tenant="default"),
-    "GetStatus": apb.GetStatusRequest(),
-    "SetKillSwitch": apb.SetKillSwitchRequest(scope=scope("matrix"), reason="matrix test"),
-    "ClearKillSwitch": apb.ClearKillSwitchRequest(scope=scope("matrix"), reason="matrix test"),
-    "GetKillSwitch": apb.GetKillSwitchRequest(),
+    "AdminService/ReloadTenant": apb.ReloadTenantRequest(tenant="default"),
+    "AdminService/GetStatus": apb.GetStatusRequest(),
+    "AdminService/SetKillSwitch": apb.SetKillSwitchRequest(
+        scope=scope("matrix"), reason="matrix test"
+    ),
+    "AdminService/ClearKillSwitch": apb.ClearKillSwitchRequest(
+        scope=scope("matrix"), reason="matrix test"
+    ),
+    "AdminService/GetKillSwitch": apb.GetKillSwitchRequest(),
+    "EntityService/Write": epb.WriteEntitiesRequest(deletes=[NOBODY]),
+    "EntityService/Get": epb.GetEntityRequest(uid=NOBODY),
+    "EntityService/List": epb.ListEntitiesRequest(),
+    "EntityService/GetDataVersion": epb.GetDataVersionRequest(),
 }
-READS = {"GetStatus", "GetKillSwitch"}
+READS = {
+    "AdminService/GetStatus",
+    "AdminService/GetKillSwitch",
+    "EntityService/Get",
+    "EntityService/List",
+    "EntityService/GetDataVersion",
+}
+# What an allowed call ends with, where not OK (the entity was never stored).
+ALLOWED_CODE = {"EntityService/Get": grpc.StatusCode.NOT_FOUND}
 
 # caller -> (metadata, audit identity, expected code for a read method, for a write method)
 CALLERS: dict[str, tuple[list[tuple[str, str]], str, grpc.StatusCode, grpc.StatusCode]] = {
@@ -70,38 +92,49 @@ CALLERS: dict[str, tuple[list[tuple[str, str]], str, grpc.StatusCode, grpc.Statu
 }
 
 
-def call(stub: Any, method: str, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+def call(stubs: dict[str, Any], method: str, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+    service, name = method.split("/")
     try:
-        getattr(stub, method)(CALLS[method], metadata=metadata, timeout=30)
+        getattr(stubs[service], name)(CALLS[method], metadata=metadata, timeout=30)
     except grpc.RpcError as exc:
         return exc.code()  # type: ignore[no-any-return]
     return OK
 
 
 def test_the_matrix_is_the_whole_service() -> None:
-    """The matrix below covers every method of the service and the role table."""
-    names = {m.name for m in apb.DESCRIPTOR.services_by_name["AdminService"].methods}
-    assert set(CALLS) == names == set(METHOD_ROLES["pdp.v1.AdminService"])
+    """The matrix below covers every method of both services and the role table."""
+    names = {
+        f"{service}/{m.name}"
+        for service, file in (("AdminService", apb), ("EntityService", epb))
+        for m in file.DESCRIPTOR.services_by_name[service].methods
+    }
+    table = {f"{s.split('.')[-1]}/{m}" for s, methods in METHOD_ROLES.items() for m in methods}
+    assert set(CALLS) == names == table
 
 
 def test_every_method_times_every_caller_ends_with_its_exact_code(tmp_path: Path) -> None:
     cfg = token_config(tmp_path)
     with running_server(serve_args(cfg)) as srv:
         with grpc.insecure_channel(f"127.0.0.1:{admin_port(srv)}") as ch:
-            stub = admin_stub(ch)
+            stubs = {
+                "AdminService": admin_stub(ch),
+                "EntityService": epb_grpc.EntityServiceStub(ch),
+            }
             expected: list[tuple[str, str, grpc.StatusCode]] = []
             got = []
             for caller, (metadata, _, read_code, write_code) in CALLERS.items():
                 for method in CALLS:
                     want = read_code if method in READS else write_code
+                    if want == OK:
+                        want = ALLOWED_CODE.get(method, OK)
                     expected.append((caller, method, want))
-                    got.append((caller, method, call(stub, method, metadata)))
+                    got.append((caller, method, call(stubs, method, metadata)))
             assert got == expected
         audit = audit_lines(cfg.audit)
         log = srv.log()
     assert len(audit) == len(expected)  # one line per call, allowed or not
     for line, (caller, method, code) in zip(audit, expected, strict=True):
-        assert line["method"] == f"/pdp.v1.AdminService/{method}"
+        assert line["method"] == f"/pdp.v1.{method}"
         assert line["code"] == code.name
         assert line["identity"].startswith(CALLERS[caller][1]), (caller, line)
         assert line["peer"].startswith("ipv4:127.0.0.1:")
@@ -118,6 +151,12 @@ def test_the_admin_api_is_not_on_the_decision_port_unless_configured(tmp_path: P
     with running_server(serve_args(cfg)) as srv, srv.channel() as ch:
         with pytest.raises(grpc.RpcError) as err:
             admin_stub(ch).GetStatus(apb.GetStatusRequest(), metadata=bearer(WRITE_TOKEN))
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # Nor the entity store's writes: the decision port's callers cannot grant roles.
+        with pytest.raises(grpc.RpcError) as err:
+            epb_grpc.EntityServiceStub(ch).Write(
+                CALLS["EntityService/Write"], metadata=bearer(WRITE_TOKEN)
+            )
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     (tmp_path / "on-port").mkdir()
     on_port = token_config(tmp_path / "on-port")
@@ -204,8 +243,9 @@ def test_a_method_missing_from_the_role_table_is_refused_to_everyone() -> None:
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = admin_stub(ch)
-            assert call(stub, "GetKillSwitch", bearer(WRITE_TOKEN)) == OK
-            assert call(stub, "GetStatus", bearer(WRITE_TOKEN)) == DENIED
+            stubs = {"AdminService": stub}
+            assert call(stubs, "AdminService/GetKillSwitch", bearer(WRITE_TOKEN)) == OK
+            assert call(stubs, "AdminService/GetStatus", bearer(WRITE_TOKEN)) == DENIED
     finally:
         server.stop(0)
 
@@ -258,21 +298,31 @@ def test_over_mutual_tls_certificate_identities_get_their_roles(tmp_path: Path) 
                 ca.cert_pem, clients[client].key_pem, clients[client].cert_pem
             )
             with grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch:
-                stub = admin_stub(ch)
+                stubs = {
+                    "AdminService": admin_stub(ch),
+                    "EntityService": epb_grpc.EntityServiceStub(ch),
+                }
                 for method in CALLS:
-                    expected.append((caller, method, read_code if method in READS else write_code))
-                    got.append((caller, method, call(stub, method, bearer(token) if token else [])))
+                    want = read_code if method in READS else write_code
+                    if want == OK:
+                        want = ALLOWED_CODE.get(method, OK)
+                    expected.append((caller, method, want))
+                    got.append(
+                        (caller, method, call(stubs, method, bearer(token) if token else []))
+                    )
         assert got == expected
         # Without a client certificate the handshake itself is refused: no call is made.
         with grpc.secure_channel(
             f"127.0.0.1:{port}", grpc.ssl_channel_credentials(ca.cert_pem)
         ) as ch:
             assert (
-                call(admin_stub(ch), "GetStatus", bearer(WRITE_TOKEN))
+                call(
+                    {"AdminService": admin_stub(ch)}, "AdminService/GetStatus", bearer(WRITE_TOKEN)
+                )
                 == grpc.StatusCode.UNAVAILABLE
             )
     audit = audit_lines(cfg.audit)
     assert len(audit) == len(expected)
     for line, (caller, method, code) in zip(audit, expected, strict=True):
-        assert (line["method"].rsplit("/", 1)[1], line["code"]) == (method, code.name)
+        assert (line["method"], line["code"]) == (f"/pdp.v1.{method}", code.name)
         assert line["identity"].startswith(CERT_CALLERS[caller][2]), (caller, line)
