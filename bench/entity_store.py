@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -132,6 +133,7 @@ def run(total: int, args: argparse.Namespace) -> dict[str, float]:
         }
     finally:
         store.close()
+        shutil.rmtree(tmp, ignore_errors=True)  # a 1M store is ~1 GB
 
 
 def main() -> None:
