@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_decision_log import bundle, check, records, serve
+from .test_decision_log import LONG_IDS, bundle, check, records, serve
 
 __all__ = ["bundle"]  # the fixture, shared with test_decision_log
 
@@ -18,7 +18,7 @@ def test_a_record_never_exceeds_max_record_bytes_even_with_astral_ids(bundle: Pa
     # policies), over the default 4096 and over PIPE_BUF (records of `--workers` sharing
     # stdout may then interleave).
     emoji = "\U0001f600" * 300
-    with serve(bundle) as srv, srv.channel() as ch:
+    with serve(bundle, env=LONG_IDS) as srv, srv.channel() as ch:
         srv.stub(ch).Check(check(principal=("User", emoji), resource=("Thing", emoji)))
     lines = [line for line in srv.lines if line.startswith('{"v":')]
     assert len(lines) == 1

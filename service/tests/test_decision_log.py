@@ -75,11 +75,16 @@ def bundle(tmp_path: Path) -> Path:
 
 
 @contextmanager
-def serve(bundle: Path, *args: str) -> Iterator[ServerProcess]:
+def serve(bundle: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
     # Decision logs are off by default: turned on here (a later `--decision-log` wins).
     on = ["--decision-log", "stdout"]
-    with running_server(["--no-watch", "--bundle", f"logs={bundle}", *on, *args]) as srv:
+    with running_server(["--no-watch", "--bundle", f"logs={bundle}", *on, *args], env=env) as srv:
         yield srv
+
+
+# Ids longer than a record cuts them (256 bytes) up to what a request may carry: a
+# deployment that raises max_id_bytes (1024 by default) still gets bounded records.
+LONG_IDS = {"PDP_MAX_ID_BYTES": "16384"}
 
 
 def records(lines: list[str]) -> list[dict[str, Any]]:
@@ -529,7 +534,10 @@ def test_configured_paths_are_masked_or_dropped(bundle: Path) -> None:
 
 def test_records_are_bounded_and_say_what_was_cut(bundle: Path) -> None:
     wide = {f"k{i}": "v" * 200 for i in range(60)}  # 12 KB of context
-    with serve(bundle, "--decision-log-max-record-bytes", "2048") as srv, srv.channel() as ch:
+    with (
+        serve(bundle, "--decision-log-max-record-bytes", "2048", env=LONG_IDS) as srv,
+        srv.channel() as ch,
+    ):
         stub = srv.stub(ch)
         stub.Check(check(wide))
         stub.Check(check({"long": "x" * 10_000}))
@@ -551,7 +559,10 @@ def test_ids_are_cut_by_their_json_bytes_and_shrunk_last_to_fit_the_smallest_bou
     # such ids cut to 256 bytes each, with the rest of a record, still pass the smallest
     # bound (1024) once the context is dropped: only shrinking the ids makes it fit.
     astral = "\U0001f600" * 300
-    with serve(bundle, "--decision-log-max-record-bytes", "1024") as srv, srv.channel() as ch:
+    with (
+        serve(bundle, "--decision-log-max-record-bytes", "1024", env=LONG_IDS) as srv,
+        srv.channel() as ch,
+    ):
         srv.stub(ch).Check(
             check({"note": astral}, principal=("User", astral), resource=("Thing", astral))
         )
