@@ -197,15 +197,17 @@ class App:
         admin = self._admin(server)  # before any port serves: a refused admin setup exits
         self._update_health()  # before the first call: the health servicer starts SERVING
         server.start()
-        host = s.listen.rsplit(":", 1)[0]
-        snapshot = self.engine.snapshot
-        tenants = sorted(snapshot.bundles) if snapshot else []
-        log.info("listening on %s:%d, tenants: %s", host, server.port, ", ".join(tenants))
+        # Before "listening on": from that line on, callers (and tests) may send SIGTERM,
+        # and nothing slow may delay the signal handlers installed below.
         if admin is not None:
             admin.start()
             log.info("admin API on %s:%d", s.admin_listen.rsplit(":", 1)[0], admin.port)
         elif s.admin_on_decision_port:
             log.info("admin API on the decision port")
+        host = s.listen.rsplit(":", 1)[0]
+        snapshot = self.engine.snapshot
+        tenants = sorted(snapshot.bundles) if snapshot else []
+        log.info("listening on %s:%d, tenants: %s", host, server.port, ", ".join(tenants))
         if on_listening:
             on_listening(server.port)
         watcher = asyncio.create_task(self._watch()) if s.watch else None
