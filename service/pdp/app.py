@@ -245,6 +245,13 @@ class App:
         admin = self._admin(server, self._entity_service(tracing))
         self._update_health()  # before the first call: the health servicer starts SERVING
         server.start()
+        # Before "listening on": from that line on, callers (and tests) may send SIGTERM,
+        # and nothing slow may delay the signal handlers installed below.
+        if admin is not None:
+            admin.start()
+            log.info("admin API on %s:%d", s.admin_listen.rsplit(":", 1)[0], admin.port)
+        elif s.admin_on_decision_port:
+            log.info("admin API on the decision port")
         host = s.listen.rsplit(":", 1)[0]
         snapshot = self.engine.snapshot
         tenants = sorted(snapshot.bundles) if snapshot else []
@@ -255,11 +262,6 @@ class App:
             "tls" if s.tls_cert_file else "plaintext",
             ", ".join(tenants),
         )
-        if admin is not None:
-            admin.start()
-            log.info("admin API on %s:%d", s.admin_listen.rsplit(":", 1)[0], admin.port)
-        elif s.admin_on_decision_port:
-            log.info("admin API on the decision port")
         if on_listening:
             on_listening(server.port)
         watcher = asyncio.create_task(self._watch()) if s.watch else None
