@@ -66,11 +66,12 @@ class Guard:
                 self._auth.authorize(caller, needed)
                 return handler(decoded(request), context)
             except Exception as exc:
-                aborted = context.code()
+                # grpcio's context has code() and details() (since 1.38); its stubs do not.
+                aborted = context.code()  # type: ignore[attr-defined]
                 if aborted is not None and aborted != grpc.StatusCode.OK:
                     # The handler ended the call itself (`pdp.grpc.status.handle_errors`, as
                     # the EntityService does): keep its status, not INTERNAL for the abort.
-                    raw = context.details()
+                    raw = context.details()  # type: ignore[attr-defined]
                     code = aborted
                     details = raw.decode() if isinstance(raw, bytes) else str(raw or "")
                 else:
