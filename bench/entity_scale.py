@@ -268,7 +268,10 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000, 1_000_000])
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--block", type=int, default=200, help="checks per size per round")
-    ap.add_argument("--work", type=Path, default=None, help="keep stores here (default: temp)")
+    ap.add_argument(
+        "--work", type=Path, default=None, help="keep stores here, and reuse them (default: temp)"
+    )
+    ap.add_argument("--import-only", action="store_true", help="build the stores, then stop")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="pdp-entity-scale-"))
     bundle = write_bundle(work / "bundle")
@@ -277,25 +280,45 @@ def main() -> None:
         where = work / str(n)
         where.mkdir(parents=True, exist_ok=True)
         source = where / "entities.json"
-        world = generate(n, source)
-        size = Size(world, bundle, where / "data")
-        env = {**os.environ, "PDP_DATA_DIR": str(size.data)}
-        start = time.perf_counter()
-        subprocess.run(
-            [*PDP, "entities", "import", str(source), "--tenant", TENANT, "--bundle", str(bundle)],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
-        size.import_seconds = time.perf_counter() - start
+        done = where / "imported.json"  # with --work: a store imported by an earlier run
+        if done.exists():
+            kept = json.loads(done.read_text())
+            world = World(n, kept["users"], kept["documents"])
+            size = Size(world, bundle, where / "data", import_seconds=kept["seconds"])
+        else:
+            world = generate(n, source)
+            size = Size(world, bundle, where / "data")
+            env = {**os.environ, "PDP_DATA_DIR": str(size.data)}
+            start = time.perf_counter()
+            subprocess.run(
+                [*PDP, "entities", "import", str(source), "--tenant", TENANT]
+                + ["--bundle", str(bundle)],
+                check=True,
+                env=env,
+                capture_output=True,
+            )
+            size.import_seconds = time.perf_counter() - start
+            done.write_text(
+                json.dumps(
+                    {
+                        "users": world.users,
+                        "documents": world.documents,
+                        "seconds": size.import_seconds,
+                    }
+                )
+            )
         print(
             f"{n:>9,} entities imported in {size.import_seconds:.1f} s "
             f"({n / size.import_seconds:,.0f}/s), store {disk_bytes(size.data) / 1e6:.1f} MB",
             flush=True,
         )
+        if args.import_only:
+            continue
         store = open_store(None, size.data)
         size.engine = Engine(Snapshot.of({TENANT: load_bundle(bundle)}), store=store)
         sizes.append(size)
+    if args.import_only:
+        return
     with ExitStack() as stack:
         for size in sizes:
             stack.enter_context(serving(size))
