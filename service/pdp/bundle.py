@@ -148,6 +148,11 @@ class Bundle:
     slice_entities: BundleEntities = field(default_factory=lambda: BundleEntities(()))
     read_literals: frozenset[tuple[str, str]] = frozenset()
     slice_depth: int = DEFAULT_SLICE_DEPTH
+    # Each action of the schema with its ancestor groups: a kill switch on a group covers
+    # its members, as a policy `action in` that group does.
+    action_groups: Mapping[tuple[str, str], frozenset[tuple[str, str]]] = field(
+        default_factory=dict
+    )
 
     def policy_id(self, cedar_id: str) -> str:
         src = self.policies.get(cedar_id)
@@ -188,6 +193,7 @@ def compile_bundle(files: BundleFiles, slice_depth: int = DEFAULT_SLICE_DEPTH) -
         raise BundleError(files.source, problems)
     version = BundleVersion(manifest.name, manifest.version, files.digest)
     index = _index(manifest, schema, policies, trust, unlinked)
+    actions = known_actions(schema)
     return Bundle(
         files.source,
         manifest,
@@ -199,9 +205,10 @@ def compile_bundle(files: BundleFiles, slice_depth: int = DEFAULT_SLICE_DEPTH) -
         policies,
         trust,
         index,
-        BundleEntities(json.loads(str(entities)), known_actions(schema)),
+        BundleEntities(json.loads(str(entities)), actions),
         read_literals(s.est for s in policies.values()),
         slice_depth,
+        actions,
     )
 
 

@@ -234,7 +234,12 @@ class Engine:
         """The forced Deny of a killed scope, decided before the cache is read: a cached
         Allow must never be served while the switch is on."""
         kill = self.kill_switch
-        reason = None if kill is None else kill.reason(tenant, request.action)
+        action = request.action
+        reason = (
+            None
+            if kill is None
+            else kill.reason(tenant, action, bundle.action_groups.get((action.type, action.id), ()))
+        )
         if reason is None:
             return None
         return CheckResult(Decision.DENY, [], [], bundle.version, _decision_id(), reason=reason)

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,17 +133,26 @@ class KillSwitch:
             self._reread(force=True)
 
     # ------------------------------------------------------------------ decision path --
-    def reason(self, tenant: str, action: EntityRef) -> str | None:
-        """Why a decision of `tenant` on `action` must be denied, or None."""
+    def reason(
+        self, tenant: str, action: EntityRef, groups: Iterable[tuple[str, str]] = ()
+    ) -> str | None:
+        """Why a decision of `tenant` on `action` must be denied, or None. `groups`: the
+        action groups `action` is in (the schema's): a switch on a group covers them."""
         index = self._index
         if not index:
             return None
         t = tenant or DEFAULT_TENANT
-        return (
+        found = (
             index.get(EVERYTHING)
             or index.get((t, "", ""))
             or index.get((t, action.type, action.id))
         )
+        if found is None:
+            for group_type, group_id in groups:
+                found = index.get((t, group_type, group_id))
+                if found is not None:
+                    break
+        return found
 
     @property
     def any_active(self) -> bool:

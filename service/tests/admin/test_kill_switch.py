@@ -353,3 +353,17 @@ def test_a_data_dir_that_cannot_hold_the_state_denies_all_and_refuses_to_set(
         kills = admin.stub.GetKillSwitch(apb.GetKillSwitchRequest(), metadata=AUTH).kill_switches
         assert [(k.scope.tenant, k.source) for k in kills] == [("", "admin")]  # unchanged
         admin.channel.close()
+
+
+def test_a_switch_on_an_action_group_covers_its_members(cfg: AdminConfig) -> None:
+    """`edit` is in the group `write` (policies/schema.cedarschema): killing `write` kills
+    `edit`, as a policy `action in Action::"write"` covers it; `read` (not in it) stays."""
+    with running_server(serve_args(cfg)) as srv, srv.channel() as ch:
+        stub = pb_grpc.AuthorizationServiceStub(ch)
+        reading = bob_edits(action="read")
+        before = check(stub, reading).decision
+        assert check(stub).decision == ALLOW
+        Admin(srv).kill("writes frozen", tenant="default", action="write")
+        denied = check(stub)
+        assert (denied.decision, denied.reason) == (DENY, "kill switch: writes frozen")
+        assert check(stub, reading).decision == before and not check(stub, reading).reason
