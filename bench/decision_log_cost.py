@@ -43,6 +43,9 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 class Context:
     """The two things the servicer asks of grpc's context on a good call."""
 
+    def time_remaining(self) -> float | None:
+        return None  # no deadline
+
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("traceparent", TRACEPARENT),)
 

@@ -33,6 +33,9 @@ from pdp.grpc.servicer import AuthorizationServicer  # noqa: E402
 
 
 class _NoContext:
+    def time_remaining(self) -> float | None:
+        return None  # no deadline
+
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return ()  # no caller metadata (no traceparent)
 

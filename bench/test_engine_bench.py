@@ -143,6 +143,9 @@ def test_check_batch_40(benchmark: Any, engine: Engine, shape: str) -> None:
 class _NoContext:
     """Stands in for grpc.ServicerContext: only used on errors, which must not happen."""
 
+    def time_remaining(self) -> float | None:
+        return None  # no deadline
+
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return ()  # no caller metadata (no traceparent)
 
