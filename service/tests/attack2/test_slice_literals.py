@@ -14,8 +14,19 @@ import pytest
 
 from pdp.read_depth import policy_reach
 
-from ..entity.support import ALLOW, DENY, check, document, group, org, ref, store_server
-from ..entity.support import user, write, write_bundle
+from ..entity.support import (
+    ALLOW,
+    DENY,
+    check,
+    document,
+    group,
+    org,
+    ref,
+    store_server,
+    user,
+    write,
+    write_bundle,
+)
 
 FALLBACK = (
     '(if context has approver then context.approver else User::"fallback") in Group::"suspended"'

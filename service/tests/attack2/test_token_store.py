@@ -15,8 +15,8 @@ import pytest
 from pdp._proto.v1 import authorization_pb2 as pb
 
 from ..entity.support import ALLOW, store_server, uid, write
-from ..tokens import claims, jwks, rsa_key
 from ..test_jwt import jwt_env
+from ..tokens import claims, jwks, rsa_key
 
 SCHEMA = """
 entity Org;
