@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,9 @@ BOB = {"uid": {"type": "User", "id": "bob"}, "attrs": {}, "parents": []}
 
 
 @pytest.mark.parametrize("stored", [[DOC], [DOC, BOB]], ids=["owner-named", "owner-stored"])
-def test_a_token_for_the_documents_owner_is_decided(tmp_path: Path, stored: list[dict]) -> None:
+def test_a_token_for_the_documents_owner_is_decided(
+    tmp_path: Path, stored: list[dict[str, Any]]
+) -> None:
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "manifest.json").write_text(json.dumps(MANIFEST))
