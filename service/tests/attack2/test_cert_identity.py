@@ -15,7 +15,7 @@ import pytest
 from pdp._proto.v1 import entity_pb2_grpc as epb_grpc
 
 from ..admin.support import admin_port, admin_stub, serve_args, write_config
-from ..admin.test_admin_auth import CALLS, DENIED, call
+from ..admin.test_admin_auth import CALLS, DENIED, OK, call
 from ..certs import issue, make_ca, server_cert
 from ..support import running_server
 
@@ -25,9 +25,11 @@ __all__ = ["CALLS"]
 @pytest.mark.parametrize(
     ("listed", "cn", "dns"),
     [
-        ("cert:spiffe://test/writer", "spiffe://test/writer", ()),  # CN posing as a URI SAN
-        ("cert:admin.test", "admin.test", ()),  # CN posing as a DNS SAN
-        ("cert:spiffe://test/writer", "x", ("spiffe://test/writer",)),  # DNS posing as URI
+        # The listed identities in the tagged form the fix introduced (`cert:uri:`, ...);
+        # an untagged `cert:spiffe://...` is now refused at start-up (test_admin_auth).
+        ("cert:uri:spiffe://test/writer", "spiffe://test/writer", ()),  # CN posing as URI SAN
+        ("cert:dns:admin.test", "admin.test", ()),  # CN posing as a DNS SAN
+        ("cert:uri:spiffe://test/writer", "x", ("spiffe://test/writer",)),  # DNS posing as URI
     ],
 )
 def test_a_cn_only_certificate_is_not_a_san_identity(
@@ -38,6 +40,10 @@ def test_a_cn_only_certificate_is_not_a_san_identity(
     ca_file = tmp_path / "ca.crt"
     ca_file.write_bytes(ca.cert_pem)
     poser = issue(ca, cn, dns=dns)
+    # The certificate the listed identity names, which must still get in (so the test
+    # fails on code that matched nothing, as on code that let the poser in).
+    kind, value = listed.removeprefix("cert:").split(":", 1)
+    genuine = issue(ca, "genuine", **{"uris" if kind == "uri" else "dns": (value,)})
     cfg = write_config(
         tmp_path,
         [(listed, "write")],
@@ -45,10 +51,11 @@ def test_a_cn_only_certificate_is_not_a_san_identity(
         f'tls_client_ca_file = "{ca_file}"\ntls_require_client_cert = true\n',
     )
     with running_server(serve_args(cfg)) as srv:
-        creds = grpc.ssl_channel_credentials(ca.cert_pem, poser.key_pem, poser.cert_pem)
-        with grpc.secure_channel(f"127.0.0.1:{admin_port(srv)}", creds) as ch:
-            stubs = {
-                "AdminService": admin_stub(ch),
-                "EntityService": epb_grpc.EntityServiceStub(ch),
-            }
-            assert call(stubs, "AdminService/GetStatus", []) == DENIED
+        for who, expected in ((genuine, OK), (poser, DENIED)):
+            creds = grpc.ssl_channel_credentials(ca.cert_pem, who.key_pem, who.cert_pem)
+            with grpc.secure_channel(f"127.0.0.1:{admin_port(srv)}", creds) as ch:
+                stubs = {
+                    "AdminService": admin_stub(ch),
+                    "EntityService": epb_grpc.EntityServiceStub(ch),
+                }
+                assert call(stubs, "AdminService/GetStatus", []) == expected
