@@ -445,7 +445,7 @@ class Settings(BaseSettings):
     kill switch state)."""
 
     admin_identities: list[AdminIdentity] = Field(default_factory=list)
-    """The allow-list: `[{identity = "cert:<id>" | "token-sha256:<hex>", role = "read" |
+    """The allow-list: `[{identity = "cert:uri:<id>" | "token-sha256:<hex>", role = "read" |
     "write"}]`. Empty: every admin call is refused."""
 
     admin_audit_log: Path | None = None

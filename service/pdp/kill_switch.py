@@ -204,12 +204,13 @@ class KillSwitch:
         stamps = (_stamp(self._state_file), _stamp(self._flag_file))
         if not force and stamps == self._stamps:
             return False
-        self._stamps = stamps
         if self._state_file is not None:
             self._admin, self._admin_problem = _read(self._state_file, "admin", "state file")
         if self._flag_file is not None:
             kills, problem = _read(self._flag_file, "file", "kill_switch_file", empty_kills=True)
             self._file = kills if problem is None else {EVERYTHING: problem}
+        # Only once both files are read: were a read to raise, the next poll tries again.
+        self._stamps = stamps
         self._reindex()
         if self._index:
             log.warning("kill switch active: %s", "; ".join(_describe(k) for k in self.active()))
@@ -275,6 +276,8 @@ def _read(
         return {}, _problem(path, source, what, str(exc))
     except InvalidRequest as exc:
         return {}, _problem(path, source, what, exc.message)
+    except Exception as exc:  # anything else (RecursionError of deep JSON): fail closed
+        return {}, _problem(path, source, what, f"{type(exc).__name__}: {exc}")
     return kills, None
 
 

@@ -158,9 +158,9 @@ def test_mtls_refuses_the_handshake(pki: Pki, mtls: ServerProcess, client: str |
 @pytest.mark.parametrize(
     ("sans", "identity"),
     [
-        ({"uris": (GOOD_URI,), "dns": ("billing.internal",)}, GOOD_URI),  # first URI SAN
-        ({"dns": ("ledger.internal", "other.internal")}, "ledger.internal"),  # else first DNS
-        ({}, "cn-only-client"),  # else the subject CN
+        ({"uris": (GOOD_URI,), "dns": ("billing.internal",)}, f"uri:{GOOD_URI}"),  # first URI
+        ({"dns": ("ledger.internal", "other.internal")}, "dns:ledger.internal"),  # else DNS
+        ({}, "cn:cn-only-client"),  # else the subject CN
     ],
     ids=["uri-san", "dns-san", "common-name"],
 )

@@ -1,7 +1,8 @@
 """The admin allow-list as configured: identities with a role, never a secret.
 
-An identity is `cert:<id>` (a verified client certificate's identity: its first URI SAN,
-else first DNS SAN, else subject CN) or `token-sha256:<hex>` (the SHA-256 of a bearer
+An identity is `cert:<kind>:<id>` (a verified client certificate's identity,
+`pdp.grpc.tls.peer_identity`: `uri:` its first URI SAN, else `dns:` its first DNS SAN,
+else `cn:` its subject CN) or `token-sha256:<hex>` (the SHA-256 of a bearer
 token, so that the token itself is in no config file or log: `pdp admin hash-token`).
 """
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 TOKEN_PREFIX = "token-sha256:"
 CERT_PREFIX = "cert:"
+CERT_KINDS = ("uri:", "dns:", "cn:")  # the tags of `pdp.grpc.tls.peer_identity`
 _TOKEN_HASH = re.compile(r"[0-9a-f]{64}")
 
 
@@ -29,7 +31,7 @@ class AdminIdentity(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     identity: str
-    """`cert:<id>` or `token-sha256:<64 lowercase hex>`."""
+    """`cert:uri:<id>`, `cert:dns:<id>`, `cert:cn:<id>` or `token-sha256:<64 lowercase hex>`."""
 
     role: Literal["read", "write"]
 
@@ -44,6 +46,13 @@ class AdminIdentity(BaseModel):
                 )
         elif v.startswith(CERT_PREFIX):
             rest = v.removeprefix(CERT_PREFIX)
+            if not rest.startswith(CERT_KINDS):
+                # An untagged name would match no certificate: said, not silently useless.
+                raise ValueError(
+                    f"{CERT_PREFIX} must be followed by the identity's kind, one of "
+                    f"{', '.join(CERT_KINDS)} (e.g. cert:uri:spiffe://example.org/app)"
+                )
+            rest = rest.partition(":")[2]
             if not rest or not rest.isprintable() or len(rest) > 1024:
                 raise ValueError(f"{CERT_PREFIX} must be followed by a certificate identity")
         else:

@@ -153,7 +153,7 @@ def _capped(field: str, ref: EntityRef, limits: Limits) -> EntityRef:
     return ref
 
 
-def _cap_tenant(tenant: str) -> None:
+def cap_tenant(tenant: str) -> None:
     # No tenant can be served under a longer name (TENANT_NAME): refused before any lookup.
     size = utf8_size(tenant)
     if size > MAX_TENANT_BYTES:
@@ -237,7 +237,7 @@ def check_input(
 ) -> CheckInput:
     """The request as the engine takes it; `token` is the principal its token named (the
     servicer validated it), which then stands for `principal`."""
-    _cap_tenant(req.tenant)
+    cap_tenant(req.tenant)
     ctx = context("context", req.context, req.context_json, limits)
     principal = token.uid if token else _required_ref("principal", req, "principal")
     return CheckInput(
@@ -266,7 +266,7 @@ def batch_inputs(
 ) -> list[CheckInput]:
     """Items with the batch-level principal, context and entities filled in where unset;
     with a `token`, its principal is every item's and no item may name another."""
-    _cap_tenant(req.tenant)
+    cap_tenant(req.tenant)
     principal = entity_ref("principal", req.principal) if req.HasField("principal") else None
     if token is not None:
         principal = token.uid

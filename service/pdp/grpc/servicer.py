@@ -24,7 +24,7 @@ from pdp.grpc.status import error_status, handle_errors
 from pdp.grpc.tls import client_identity
 from pdp.grpc.wire import Undecodable, decoded
 from pdp.jwt_identity import TokenVerifier
-from pdp.metrics import Metrics, NoMetrics
+from pdp.metrics import OTHER, Metrics, NoMetrics
 from pdp.model import DEFAULT_TENANT, TokenPrincipal
 from pdp.rate_limit import RateLimits
 from pdp.tracing import NO_TRACING, Tracing
@@ -93,16 +93,26 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
     def _admit(
         self, tenant: str, context: grpc.ServicerContext, client: str | None, cost: int
     ) -> None:
-        """Charge the call to its client and tenant budgets, before it waits for a slot."""
+        """Charge the call to its client and tenant budgets, before it waits for a slot.
+
+        The tenant budget is keyed by a served tenant's name, and every other name shares
+        one `_other` bucket: a caller's made-up names never become keys of the table (its
+        size is capped, not its keys' length), and the name is capped first anyway."""
         limits = self._rate_limits
         assert limits is not None
+        convert.cap_tenant(tenant)
         if client is None and limits.client is not None:
             client = client_identity(context)
         try:
-            limits.admit(tenant or DEFAULT_TENANT, client, cost)
+            limits.admit(self._bucket(tenant), client, cost)
         except RateLimited as exc:
             self.metrics.rate_limited(tenant, exc.limit)
             raise
+
+    def _bucket(self, tenant: str) -> str:
+        name = tenant or DEFAULT_TENANT
+        snapshot = self._engine.snapshot
+        return name if snapshot is not None and name in snapshot.bundles else OTHER
 
     def _decide(
         self, request: pb.CheckRequest, metadata: Sequence[tuple[str, Any]] | None

@@ -242,19 +242,21 @@ def server_credentials(s: TlsSettings) -> grpc.ServerCredentials | None:
 
 
 def peer_identity(context: grpc.ServicerContext) -> str | None:
-    """The verified client certificate's identity: its first URI SAN (e.g. a SPIFFE id),
-    else its first DNS SAN, else its subject CN; None without a verified client
-    certificate (plaintext, or TLS without `tls_require_client_cert`).
+    """The verified client certificate's identity, tagged by the part it came from:
+    `uri:<first URI SAN>` (e.g. a SPIFFE id), else `dns:<first DNS SAN>`, else
+    `cn:<subject CN>`; None without a verified client certificate (plaintext, or TLS
+    without `tls_require_client_cert`). The tag is what keeps a CN (often whatever the
+    requester asked for) from passing for a SAN of the same text.
 
     grpcio fills the auth context only from a certificate the handshake verified against
     `tls_client_ca_file` (a connection with any other certificate never gets this far)."""
     auth = cast("dict[str, list[bytes]]", context.auth_context())  # grpc-stubs says bytes
     if not auth.get("x509_pem_cert"):
         return None
-    for prop in ("peer_uri", "peer_dns", "x509_common_name"):
+    for prop, kind in (("peer_uri", "uri"), ("peer_dns", "dns"), ("x509_common_name", "cn")):
         values = auth.get(prop)
         if values:
-            return values[0].decode("utf-8", "replace")
+            return f"{kind}:{values[0].decode('utf-8', 'replace')}"
     return None
 
 

@@ -195,7 +195,9 @@ def test_a_plaintext_admin_listener_off_loopback_is_refused(tmp_path: Path) -> N
         (WRITE_TOKEN, "must start with 'cert:' or 'token-sha256:'"),  # a raw token
         ("token-sha256:" + "A" * 64, "64 lowercase hex digits"),
         ("token-sha256:abc", "64 lowercase hex digits"),
-        ("cert:", "must be followed by a certificate identity"),
+        ("cert:", "must be followed by the identity's kind"),
+        ("cert:spiffe://test/writer", "must be followed by the identity's kind"),  # untagged
+        ("cert:uri:", "must be followed by a certificate identity"),
     ],
 )
 def test_a_bad_allow_list_entry_is_refused_naming_the_setting(
@@ -252,9 +254,9 @@ def test_a_method_missing_from_the_role_table_is_refused_to_everyone() -> None:
 
 # caller over mutual TLS -> (client cert, token, audit identity, read code, write code)
 CERT_CALLERS: dict[str, tuple[str, str, str, grpc.StatusCode, grpc.StatusCode]] = {
-    "unknown cert": ("stranger", "", "cert:spiffe://test/stranger", DENIED, DENIED),
-    "read cert": ("reader", "", "cert:spiffe://test/reader", OK, DENIED),
-    "write cert": ("writer", "", "cert:spiffe://test/writer", OK, OK),
+    "unknown cert": ("stranger", "", "cert:uri:spiffe://test/stranger", DENIED, DENIED),
+    "read cert": ("reader", "", "cert:uri:spiffe://test/reader", OK, DENIED),
+    "write cert": ("writer", "", "cert:uri:spiffe://test/writer", OK, OK),
     "read cert, bad token": (
         "reader",
         BAD_TOKEN,
@@ -282,8 +284,8 @@ def test_over_mutual_tls_certificate_identities_get_their_roles(tmp_path: Path) 
     cfg = write_config(
         tmp_path,
         [
-            ("cert:spiffe://test/reader", "read"),
-            ("cert:spiffe://test/writer", "write"),
+            ("cert:uri:spiffe://test/reader", "read"),
+            ("cert:uri:spiffe://test/writer", "write"),
             (token_hash(READ_TOKEN), "read"),
             (token_hash(WRITE_TOKEN), "write"),
         ],
