@@ -39,6 +39,10 @@ CHUNK = 500  # keys per `IN (...)`: far below SQLite's 32,766 variables and PG's
 MAX_PAGE_SIZE = 1000
 MAX_SLICE_UIDS = 1000
 MAX_SLICE_DEPTH = 8
+# A token this store made holds three names (type, id, listed type), each at most the
+# largest `max_id_bytes` allowed (1 MiB), JSON-escaped (at most 6 chars a byte), base64'd
+# (4/3): anything longer is not one of ours and is refused before it is decoded.
+MAX_PAGE_TOKEN_CHARS = 3 * 6 * 1024 * 1024 * 4 // 3 + 64
 
 
 def uid_key(uid: EntityUid) -> str:
@@ -409,9 +413,12 @@ def _encode_token(last: EntityUid, entity_type: str | None) -> str:
 def _decode_token(token: str, entity_type: str | None) -> tuple[str, str] | None:
     if not token:
         return None
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise InvalidRequest("page_token", f"longer than {MAX_PAGE_TOKEN_CHARS} characters")
     try:
         kind, eid, for_type = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, RecursionError):
+        # RecursionError: deeply nested JSON, which no token of ours is.
         raise InvalidRequest("page_token", "not a token this store made") from None
     if not isinstance(kind, str) or not isinstance(eid, str) or for_type != entity_type:
         raise InvalidRequest("page_token", "not a token of this listing (entity_type differs)")
