@@ -373,6 +373,14 @@ class Settings(BaseSettings):
     entity_max_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     """Largest stored entity, as compact Cedar JSON; larger is INVALID_ARGUMENT."""
 
+    entity_max_ancestors: int = Field(1_000, ge=1, le=1_000_000)
+    """Transitive ancestors one stored entity may have; a write that gives an entity more
+    is INVALID_ARGUMENT (each ancestor is a closure row, recomputed on writes above it)."""
+
+    entity_write_max_closure_rows: int = Field(1_000_000, ge=1, le=100_000_000)
+    """Closure rows (entity, ancestor) one entity store write may recompute; more is
+    INVALID_ARGUMENT (bounds a write's cost under the tenant's write lock)."""
+
     @field_validator("entity_store_url")
     @classmethod
     def _check_store_url(cls, v: str | None) -> str | None:

@@ -22,8 +22,12 @@ Without types, a record field counts as a hop too (`context.approver.suspended` 
 slice): an over-approximation, so a policy may be refused that would be decided right,
 never the reverse. A deployment raises `entity_slice_depth` to admit it.
 
-The roots that are entity literals and are read (`Org::"acme".threshold`,
-`User::"x" in ...`) must be in every slice: `read_literals` collects them.
+Every entity literal in a policy (scope and conditions) must be in every slice:
+`read_literals` collects them all, wherever they sit. Tracking only the literals that are
+the root of a read chain loses them through `if`, records, sets and operators (`(if c
+then context.approver else User::"x") in G`), and a missing entity makes `in`/`has`
+silently false, so a `forbid` would not apply. Seeding every literal fails closed; a
+policy's literals are few, so the slice grows by at most that many seeds.
 """
 
 from __future__ import annotations
@@ -56,8 +60,10 @@ class _Walk:
 
 
 def policy_reach(est: Mapping[str, Any]) -> tuple[Reach, frozenset[Uid]]:
-    """The policy's deepest read, and the entity literals whose data it reads."""
+    """The policy's deepest read, and every entity literal in its scope and conditions."""
     walk = _Walk(Reach(0, ""), set())
+    for part in ("principal", "action", "resource"):
+        _scope_literals(est.get(part), walk.literals)
     for condition in est.get("conditions") or ():
         if isinstance(condition, Mapping):
             _chain(condition.get("body"), walk)
@@ -78,42 +84,70 @@ def read_literals(ests: Iterable[Mapping[str, Any]]) -> frozenset[Uid]:
     return frozenset(out)
 
 
-def _chain(node: Any, walk: _Walk) -> tuple[int, str, Uid | None]:
-    """(chain, rendering, literal root or None) of an expression node, recording reads."""
+def _chain(node: Any, walk: _Walk) -> tuple[int, str]:
+    """(chain, rendering) of an expression node, recording reads and entity literals.
+
+    Every operand is walked (each one's reads are counted on its own); the node's chain
+    is the largest of them."""
     if isinstance(node, list):
-        best: tuple[int, str, Uid | None] = (0, "…", None)
+        best: tuple[int, str] = (0, "…")
         for item in node:
             found = _chain(item, walk)
             if found[0] >= best[0]:
                 best = found
         return best
     if not isinstance(node, Mapping) or len(node) != 1:
-        return (0, "…", None)
+        return (0, "…")
     ((op, arg),) = node.items()
     if op == "Var":
-        return (0, str(arg), None)
+        return (0, str(arg))
     if op == "Value":
+        _value_literals(arg, walk.literals)
         uid = _literal(arg)
-        return (0, "…", None) if uid is None else (0, f'{uid[0]}::"{uid[1]}"', uid)
+        return (0, "…") if uid is None else (0, f'{uid[0]}::"{uid[1]}"')
     if op in _READS and isinstance(arg, Mapping):
-        hops, shown, root = _chain(arg.get("left"), walk)
+        hops, shown = _chain(arg.get("left"), walk)
         for key, value in arg.items():
             if key != "left":
                 _chain(value, walk)
-        if root is not None:
-            walk.literals.add(root)
         what = _shown(op, shown, arg)
         if hops > walk.deepest.depth:
             walk.deepest = Reach(hops, what)
         if op in _CHAINS:
-            return (hops + 1, what, root)
-        return (0, what, None)
+            return (hops + 1, what)
+        return (0, what)
     if op == "is" and isinstance(arg, Mapping) and "in" in arg:
         # `e is T in G` reads e's ancestors like `e in G`.
         return _chain({"in": {"left": arg.get("left"), "right": arg.get("in")}}, walk)
     if isinstance(arg, Mapping):
         return _chain(list(arg.values()), walk)
     return _chain(arg, walk)
+
+
+def _value_literals(value: Any, out: set[Uid]) -> None:
+    """Entity references anywhere inside a literal value (sets, records of them too)."""
+    uid = _literal(value)
+    if uid is not None:
+        out.add(uid)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _value_literals(item, out)
+    elif isinstance(value, list):
+        for item in value:
+            _value_literals(item, out)
+
+
+def _scope_literals(scope: Any, out: set[Uid]) -> None:
+    """The entities a scope constraint names: `entity`, `entities`, and `is ... in`."""
+    if not isinstance(scope, Mapping):
+        return
+    refs = [scope.get("entity"), *(scope.get("entities") or ())]
+    if isinstance(scope.get("in"), Mapping):
+        refs.append(scope["in"].get("entity"))
+    for ref in refs:
+        if isinstance(ref, Mapping) and isinstance(ref.get("type"), str):
+            if isinstance(ref.get("id"), str):
+                out.add((ref["type"], ref["id"]))
 
 
 def _shown(op: str, left: str, arg: Mapping[str, Any]) -> str:

@@ -90,7 +90,9 @@ def test_the_count(policy: str, depth: int) -> None:
     assert reach(policy)[0] == depth
 
 
-def test_literals_read_are_collected_and_others_are_not() -> None:
+def test_every_literal_of_scope_and_conditions_is_collected() -> None:
+    # Fail closed: a literal not read directly may still be read through `if`/records
+    # (tests/attack2/test_slice_literals.py), so every one is a slice seed.
     est = json.loads(
         cedarpy.policies_to_json_str(
             'permit(principal == User::"a", action, resource in Group::"g") when '
@@ -98,4 +100,11 @@ def test_literals_read_are_collected_and_others_are_not() -> None:
         )
     )["staticPolicies"]["policy0"]
     _, literals = policy_reach(est)
-    assert literals == {("User", "boss"), ("User", "x")}
+    assert literals == {
+        ("User", "a"),
+        ("Group", "g"),
+        ("User", "boss"),
+        ("User", "x"),
+        ("Group", "h"),
+        ("User", "y"),
+    }

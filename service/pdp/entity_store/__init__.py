@@ -41,5 +41,7 @@ def store_from_settings(settings: Settings) -> EntityStore:
     limits = StoreLimits(
         max_entities_per_write=settings.entity_write_max_entities,
         max_entity_bytes=settings.entity_max_bytes,
+        max_ancestors=settings.entity_max_ancestors,
+        max_closure_rows=settings.entity_write_max_closure_rows,
     )
     return open_store(settings.entity_store_url, settings.data_dir, limits)

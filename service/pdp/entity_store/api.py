@@ -51,7 +51,8 @@ class EntitySlice:
 
 @dataclass(frozen=True, slots=True)
 class StoreLimits:
-    """Caps on one write (settings `entity_write_max_entities`, `entity_max_bytes`)."""
+    """Caps on one write (settings `entity_write_max_entities`, `entity_max_bytes`,
+    `entity_max_ancestors`, `entity_write_max_closure_rows`)."""
 
     max_entities_per_write: int = 10_000
     """Upserts plus deletes in one write."""
@@ -59,6 +60,11 @@ class StoreLimits:
     """One entity's Cedar JSON, compactly encoded."""
     max_parents: int = 1_000
     """Parents one entity may name."""
+    max_ancestors: int = 1_000
+    """Transitive ancestors one entity may have (setting `entity_max_ancestors`)."""
+    max_closure_rows: int = 1_000_000
+    """Closure rows (entity, ancestor) one write may (re)compute (setting
+    `entity_write_max_closure_rows`): a long parent chain costs n(n-1)/2 of them."""
 
 
 class EntityStore(Protocol):

@@ -39,6 +39,10 @@ CHUNK = 500  # keys per `IN (...)`: far below SQLite's 32,766 variables and PG's
 MAX_PAGE_SIZE = 1000
 MAX_SLICE_UIDS = 1000
 MAX_SLICE_DEPTH = 8
+# A token this store made holds three names (type, id, listed type), each at most the
+# largest `max_id_bytes` allowed (1 MiB), JSON-escaped (at most 6 chars a byte), base64'd
+# (4/3): anything longer is not one of ours and is refused before it is decoded.
+MAX_PAGE_TOKEN_CHARS = 3 * 6 * 1024 * 1024 * 4 // 3 + 64
 
 
 def uid_key(uid: EntityUid) -> str:
@@ -233,7 +237,9 @@ def _raise_duplicate(upserts: Sequence[Mapping[str, Any]]) -> None:
 # -- writing ---------------------------------------------------------------------------
 
 
-def apply_write(tx: Tx, tenant: str, upserts: list[Prepared], deletes: list[str]) -> int:
+def apply_write(
+    tx: Tx, tenant: str, upserts: list[Prepared], deletes: list[str], limits: StoreLimits
+) -> int:
     """Apply a prepared write in `tx` (which holds the tenant's write lock); the new version.
 
     The closure changes only for the written entities and their descendants (any path
@@ -282,7 +288,7 @@ def apply_write(tx: Tx, tenant: str, upserts: list[Prepared], deletes: list[str]
         outside,
     ):
         known[descendant].add(ancestor)
-    closure = _closure(parents, known, {p.key: p for p in upserts})
+    closure = _closure(parents, known, {p.key: p for p in upserts}, limits)
     tx.run_in("DELETE FROM closure WHERE tenant = ? AND descendant IN ({in_})", [tenant], affected)
     tx.many(
         "INSERT INTO closure (tenant, descendant, ancestor) VALUES (?, ?, ?)",
@@ -297,12 +303,17 @@ def apply_write(tx: Tx, tenant: str, upserts: list[Prepared], deletes: list[str]
 
 
 def _closure(
-    parents: dict[str, list[str]], known: dict[str, set[str]], written: dict[str, Prepared]
+    parents: dict[str, list[str]],
+    known: dict[str, set[str]],
+    written: dict[str, Prepared],
+    limits: StoreLimits,
 ) -> dict[str, set[str]]:
     """Ancestors of every node of `parents` (the affected ones), from their parents and the
     `known` ancestors of the others; a cycle is refused, naming it. Iterative: a chain of
-    thousands of groups must not hit Python's recursion limit."""
+    thousands of groups must not hit Python's recursion limit. The caps are checked as each
+    node's set is made, so a refused write stops after at most the caps' worth of work."""
     done: dict[str, set[str]] = {}
+    rows = 0
     for root in parents:
         if root in done:
             continue
@@ -324,10 +335,35 @@ def _closure(
             for p in ps:
                 ancestors.add(p)
                 ancestors.update(done[p] if p in parents else known[p])
+            rows += len(ancestors)
+            _check_closure(node, len(ancestors), rows, written, limits)
             done[node] = ancestors
             del on_path[node]
             stack.pop()
     return done
+
+
+def _check_closure(
+    node: str, ancestors: int, rows: int, written: dict[str, Prepared], limits: StoreLimits
+) -> None:
+    if ancestors > limits.max_ancestors:
+        reason = (
+            f"would have {ancestors} ancestors, more than {limits.max_ancestors}"
+            " (entity_max_ancestors)"
+        )
+    elif rows > limits.max_closure_rows:
+        reason = (
+            f"the write would compute more than {limits.max_closure_rows} closure rows"
+            " (entity_write_max_closure_rows)"
+        )
+    else:
+        return
+    mine = written.get(node)
+    if mine is None:  # a stored descendant of a written entity
+        raise EntityRejected(FIELD, reason, uid=key_uid(node))
+    raise EntityRejected(
+        f"{FIELD}[{mine.index}].parents", reason, index=mine.index, uid=mine.entity.uid
+    )
 
 
 def _raise_cycle(cycle: list[str], written: dict[str, Prepared]) -> None:
@@ -409,9 +445,12 @@ def _encode_token(last: EntityUid, entity_type: str | None) -> str:
 def _decode_token(token: str, entity_type: str | None) -> tuple[str, str] | None:
     if not token:
         return None
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise InvalidRequest("page_token", f"longer than {MAX_PAGE_TOKEN_CHARS} characters")
     try:
         kind, eid, for_type = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, RecursionError):
+        # RecursionError: deeply nested JSON, which no token of ours is.
         raise InvalidRequest("page_token", "not a token this store made") from None
     if not isinstance(kind, str) or not isinstance(eid, str) or for_type != entity_type:
         raise InvalidRequest("page_token", "not a token of this listing (entity_type differs)")
@@ -506,7 +545,7 @@ class Backend:
     ) -> int:
         prepared, delete_keys = prepare(upserts, deletes, self.limits, validate)
         with self._write(tenant) as tx:
-            version = apply_write(tx, tenant, prepared, delete_keys)
+            version = apply_write(tx, tenant, prepared, delete_keys, self.limits)
             self._written(tx, tenant, version)
             return version
 

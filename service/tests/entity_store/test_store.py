@@ -484,3 +484,50 @@ def test_postgres_has_an_index_for_every_query(
             ):
                 seq[q] = plan
     assert not seq, seq
+
+
+def chain(name: str, n: int, top: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    """`n` groups, each the parent of the next; the first under `top` when given."""
+    first = (top,) if top else ()
+    return [entity("G", f"{name}{i}", (("G", f"{name}{i - 1}"),) if i else first) for i in range(n)]
+
+
+def test_an_entity_over_the_ancestor_cap_is_refused_and_nothing_is_written(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path, tenant: str
+) -> None:
+    # attack2 (tests/attack2/chain_cost.py): a chain of n costs n(n-1)/2 closure rows.
+    capped = open_backend(request, backend, tmp_path, max_ancestors=10)
+    try:
+        with pytest.raises(EntityRejected) as err:
+            capped.write(tenant, chain("c", 12), [])
+        assert err.value.field == "upserts[11].parents"
+        assert 'G::"c11"' in err.value.message and "entity_max_ancestors" in err.value.message
+        assert capped.data_version(tenant) == 0 and capped.get(tenant, ("G", "c0")) is None
+        capped.write(tenant, chain("c", 11), [])  # c10: 10 ancestors, the cap
+        before = capped.data_version(tenant)
+        # A stored descendant pushed over the cap by a write above it is named.
+        with pytest.raises(EntityRejected) as err:
+            capped.write(tenant, [entity("G", "top"), *chain("c", 1, ("G", "top"))], [])
+        assert err.value.field == "upserts"
+        assert 'G::"c10"' in err.value.message and "more than 10" in err.value.message
+        assert capped.data_version(tenant) == before
+        assert capped.get(tenant, ("G", "top")) is None
+        assert len(capped.ancestors(tenant, ("G", "c10"))) == 10
+    finally:
+        capped.close()
+
+
+def test_a_write_over_the_closure_row_cap_is_refused_and_nothing_is_written(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path, tenant: str
+) -> None:
+    capped = open_backend(request, backend, tmp_path, max_closure_rows=50)
+    try:
+        kids = [entity("G", f"k{i}", (("G", "root"),)) for i in range(51)]  # 51 rows
+        with pytest.raises(EntityRejected) as err:
+            capped.write(tenant, [entity("G", "root"), *kids], [])
+        assert "entity_write_max_closure_rows" in err.value.message
+        assert capped.data_version(tenant) == 0 and capped.get(tenant, ("G", "root")) is None
+        capped.write(tenant, [entity("G", "root"), *kids[:50]], [])  # 50 rows: the cap
+        assert capped.ancestors(tenant, ("G", "k49")) == {("G", "root")}
+    finally:
+        capped.close()
