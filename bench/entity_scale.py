@@ -204,6 +204,8 @@ def serving(size: Size) -> Iterator[None]:
             "127.0.0.1:0",
             "--no-watch",
             "--no-decision-cache",
+            "--admin-listen",  # one server per size: they cannot share the admin port
+            "off",
             "--bundle",
             f"{TENANT}={size.bundle}",
         ],

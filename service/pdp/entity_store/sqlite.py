@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS refs (
 """
 
 BUSY_TIMEOUT_MS = 10_000
+MMAP_BYTES = 4 * 1024**3  # up to 4 GiB of the file mapped for reads
+CACHE_KIB = 16 * 1024  # per connection (one per thread)
 
 
 class SqliteEntityStore(Backend):
@@ -78,6 +80,12 @@ class SqliteEntityStore(Backend):
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
+        # Reads map the file instead of copying pages through SQLite's own 2 MB cache: at a
+        # million entities a slice's few indexed lookups otherwise miss that cache on most
+        # B-tree pages (measured: bench/entity_scale.py). The mapping is address space, not
+        # memory: the OS page cache backs it, shared by every connection.
+        conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         return conn
 
     @contextmanager
@@ -92,6 +100,18 @@ class SqliteEntityStore(Backend):
         conn = conn or self._connection()
         with self._errors(), transaction(conn.cursor(), begin, percent=False) as tx:
             yield tx
+
+    def data_version(self, tenant: str) -> int:
+        # Read on every check (read-your-writes), so without the BEGIN/COMMIT round of
+        # `_read`: one SELECT in autocommit mode is a transaction of its own, reading one
+        # snapshot. Measured: ~50 µs through `_read`, ~10 µs this way.
+        with self._errors():
+            row = (
+                self._connection()
+                .execute("SELECT version FROM versions WHERE tenant = ?", (tenant,))
+                .fetchone()
+            )
+        return 0 if row is None else int(row[0])
 
     def _read(self) -> AbstractContextManager[Tx]:
         # A deferred transaction reads one snapshot from its first SELECT to its end.
