@@ -17,7 +17,7 @@ from pdp.bundle import MANIFEST, read_manifest
 from pdp.bundle_files import BundleFiles
 from pdp.errors import BundleError, BundleProblem
 from pdp.model import BundleVersion
-from pdp.versions import STATE_FILE, VersionState, downgrade
+from pdp.versions import STATE_FILE, Served, VersionState, compare, downgrade
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,35 @@ class Admission:
         """BundleError if `new` would be a downgrade of what `tenant` serves or served."""
         if self.allow_rollback:
             return
-        floors: list[tuple[str, str]] = []
+        floors: list[tuple[Served, str]] = []
         if active is not None:
-            floors.append((active.version, "the version being served"))
+            floors.append((Served(active.version, active.digest), "the version being served"))
         recorded = self.state.highest(tenant) if self.state else None
         if recorded is not None and self.state is not None:
             floors.append((recorded, f"the highest served (recorded in {self.state.path})"))
         for floor, what in floors:
-            reason = downgrade(new.version, floor, what)
+            reason = downgrade(new.version, floor.version, what)
+            if reason is None and self.keys:
+                reason = self._other_build(new, floor, what)
             if reason is not None:
                 raise BundleError(source, [BundleProblem(MANIFEST, reason)])
 
+    @staticmethod
+    def _other_build(new: BundleVersion, floor: Served, what: str) -> str | None:
+        """With signatures, an equal version (`1.1` = `1.1.0+rebuild`) must be the same
+        build: another signed build of it may be a superseded one (signed before a policy
+        fix) replayed. Without signatures a writer can bump the version anyway, so editing
+        a bundle in place under its version stays allowed there."""
+        if compare(new.version, floor.version) != 0:
+            return None
+        if floor.digest is None or floor.digest == new.digest:
+            return None  # an old state file knows no digest: the version rule alone
+        return (
+            f"version {new.version} equals {floor.version}, {what}, but its content differs "
+            f"({new.digest[:19]} vs {floor.digest[:19]}): another build of a served "
+            "version, refused unless allow_bundle_rollback is set"
+        )
+
     def served(self, tenant: str, version: BundleVersion) -> None:
         if self.state is not None:
-            self.state.record(tenant, version.version)
+            self.state.record(tenant, version.version, version.digest)

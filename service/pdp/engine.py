@@ -336,8 +336,22 @@ def evaluate(
             piece = build_slice(
                 bundle.slice_entities, store, seeds, bundle.slice_depth, extra, memo
             )
+            token = None if delta is None or delta.token is None else delta.token
+            own = None if token is None else (token.uid.type, token.uid.id)
+            if own is not None and own in piece.stored and token is not None:
+                # The store holds the token's principal: like a bundle-owned one, the
+                # stored entity is used and the token may only name it.
+                if token.asserted:
+                    raise TokenRejected(
+                        f"claims {', '.join(token.asserted)} assert facts about {token.uid}, "
+                        "which the entity store holds: a token may only name such a principal"
+                    )
+                extra = {k: v for k, v in extra.items() if k != own}
+                piece = build_slice(
+                    bundle.slice_entities, store, seeds, bundle.slice_depth, extra, memo
+                )
             if delta is not None:
-                _check_against_slice(bundle, piece, extra, at, trust_request_entities)
+                _check_against_slice(bundle, piece, extra, at, trust_request_entities, own)
             read = piece.data_version
             entities = _slice_entities(bundle, piece, extra, delta, at)
         if entities is None:  # the stored entities no longer fit the schema: fail closed
@@ -386,6 +400,7 @@ def _check_against_slice(
     extra: Mapping[tuple[str, str], SliceEntity],
     index: int,
     trusted: bool,
+    own: tuple[str, str] | None = None,
 ) -> None:
     """Stored entities are authoritative like the bundle's (`pdp.trust`): a request entity
     may not redefine a base or stored entity, nor (unless the manifest trusts the caller)
@@ -396,7 +411,7 @@ def _check_against_slice(
             why = "is a base entity (request entities may not redefine it)"
         elif uid in piece.stored:
             why = "is a stored entity (request entities may not redefine it)"
-        elif not trusted and uid in piece.named:
+        elif not trusted and uid in piece.named and uid != own:  # a token's: its issuer
             why = "is named by a stored entity without being defined there (a request may not "
             why += "define it)"
         else:

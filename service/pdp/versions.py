@@ -16,6 +16,7 @@ import os
 import re
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,30 @@ def downgrade(new: str, floor: str, what: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The highest version a tenant served and the digest of the build served under it
+    (None in a state file written before digests were recorded)."""
+
+    version: str
+    digest: str | None = None
+
+
+def _entry(value: object) -> Served | None:
+    """A state file entry: `"1.2.0"` (older files) or `{"version": ..., "digest": ...}`."""
+    if isinstance(value, str):
+        return Served(value)
+    if isinstance(value, dict) and set(value) == {"version", "digest"}:
+        version, digest = value["version"], value["digest"]
+        if isinstance(version, str) and isinstance(digest, str):
+            return Served(version, digest)
+    return None
+
+
 class VersionState:
-    """The highest bundle version served per tenant, kept in `data_dir/bundle_versions.json`
-    so that a restart with an old (validly signed) bundle is a downgrade too.
+    """The highest bundle version served per tenant and its build's digest, kept in
+    `data_dir/bundle_versions.json` so that a restart with an old (validly signed) bundle,
+    or another build of the same version, is refused too.
 
     An unreadable or malformed file is an error (`ValueError`), never an empty state: that
     would let a replay through."""
@@ -83,7 +105,7 @@ class VersionState:
         self._lock = threading.Lock()
         self._versions = self._read()
 
-    def _read(self) -> dict[str, str]:
+    def _read(self) -> dict[str, Served]:
         try:
             with self.path.open("rb") as f:
                 raw = f.read(MAX_STATE_BYTES + 1)
@@ -97,32 +119,46 @@ class VersionState:
             data = json.loads(raw)
         except ValueError as exc:
             raise ValueError(f"{self.path}: not JSON ({exc})") from None
-        if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-        ):
-            raise ValueError(f"{self.path}: not an object of tenant -> version strings")
-        return data
+        entries = (
+            {k: _entry(v) for k, v in data.items() if isinstance(k, str)}
+            if isinstance(data, dict)
+            else {}
+        )
+        if not isinstance(data, dict) or len(entries) != len(data) or None in entries.values():
+            raise ValueError(
+                f"{self.path}: not an object of tenant -> version string or "
+                '{"version": ..., "digest": ...}'
+            )
+        return {k: v for k, v in entries.items() if v is not None}
 
     @property
-    def versions(self) -> Mapping[str, str]:
+    def versions(self) -> Mapping[str, Served]:
         return dict(self._versions)
 
-    def highest(self, tenant: str) -> str | None:
+    def highest(self, tenant: str) -> Served | None:
         return self._versions.get(tenant)
 
-    def record(self, tenant: str, version: str) -> None:
-        """Remember `version` if it is higher than the tenant's (or the first); written
-        atomically. A write failure is logged: the running process still refuses
-        downgrades from memory, only a restart would forget."""
+    def record(self, tenant: str, version: str, digest: str) -> None:
+        """Remember `version` and its build's `digest` if the version is higher than the
+        tenant's or equal to it (an equal one is only served when it is the same build or
+        rollback is allowed), or the first; written atomically. A write failure is logged:
+        the running process still refuses downgrades from memory, only a restart would
+        forget."""
         with self._lock:
             old = self._versions.get(tenant)
-            if old is not None and compare(version, old) != 1:
+            if old is not None and compare(version, old.version) not in (0, 1):
                 return
-            self._versions = {**self._versions, tenant: version}
+            if old == Served(version, digest):
+                return
+            self._versions = {**self._versions, tenant: Served(version, digest)}
+            on_disk = {
+                k: {"version": v.version, "digest": v.digest} if v.digest else v.version
+                for k, v in self._versions.items()
+            }
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(json.dumps(self._versions, indent=2, sort_keys=True) + "\n")
+                tmp.write_text(json.dumps(on_disk, indent=2, sort_keys=True) + "\n")
                 os.replace(tmp, self.path)
             except OSError as exc:
                 log.error("cannot record bundle version in %s: %s", self.path, exc)

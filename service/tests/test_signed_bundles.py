@@ -288,9 +288,11 @@ def test_key_rotation_and_no_downgrade_at_reload_and_across_a_restart(
     served.srv.wait_for_log(
         "version 1.1.5 is lower than 1.2.0, the version being served: a downgrade", start=start
     )
-    assert served.answer().policy_version.version == "1.2.0"
+    serving = served.answer().policy_version
+    assert serving.version == "1.2.0"
     state = json.loads((tmp_path / "data" / "bundle_versions.json").read_text())
-    assert state == {"default": "1.2.0"}
+    recorded = {"default": {"version": "1.2.0", "digest": serving.digest}}
+    assert state == recorded
     served.srv.proc.terminate()
     served.srv.proc.wait(timeout=20)
 
@@ -305,7 +307,32 @@ def test_key_rotation_and_no_downgrade_at_reload_and_across_a_restart(
         assert answer.policy_version.version == "1.1.5"
     # Rolled back, the record keeps the highest: the next restart needs the flag again.
     state = json.loads((tmp_path / "data" / "bundle_versions.json").read_text())
-    assert state == {"default": "1.2.0"}
+    assert state == recorded
+
+
+def test_another_build_of_the_recorded_version_refuses_restart(tmp_path: Path, keys: Keys) -> None:
+    first = signed_copy(tmp_path / "first", keys, "old", "1.2.0")
+    args = [*trust_args(keys, tmp_path / "data"), "--no-watch"]
+    with running_server([*args, "--bundle", f"default={first}"]) as srv, srv.channel() as ch:
+        digest = pb_grpc.AuthorizationServiceStub(ch).Check(REQ, timeout=10).policy_version.digest
+    # Another signed build under an equal version (`1.2` = `1.2.0`), other content.
+    other = signed_copy(tmp_path / "other", keys, "old", "1.2")
+    (other / "extra.cedar").write_text("forbid(principal, action, resource) when { false };\n")
+    sign(other, keys.private("old"))
+    r = pdp("serve", "--listen", "127.0.0.1:0", *args, "--bundle", f"default={other}")
+    assert r.returncode == 1
+    assert "version 1.2 equals 1.2.0, the highest served (recorded in" in r.stderr
+    assert "another build of a served version" in r.stderr
+    # A state file from before digests were recorded (version strings) still reads: the
+    # version rule alone applies, and the first start records the digest beside it.
+    state = tmp_path / "data" / "bundle_versions.json"
+    state.write_text(json.dumps({"default": "1.2.0"}))
+    with running_server([*args, "--bundle", f"default={other}"]) as srv, srv.channel() as ch:
+        served_digest = pb_grpc.AuthorizationServiceStub(ch).Check(REQ, timeout=10)
+    assert served_digest.policy_version.digest != digest
+    assert json.loads(state.read_text()) == {
+        "default": {"version": "1.2", "digest": served_digest.policy_version.digest}
+    }
 
 
 def test_a_corrupt_version_record_refuses_start_up(tmp_path: Path, keys: Keys) -> None:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from pdp._proto.v1 import authorization_pb2 as pb
@@ -64,3 +65,15 @@ def test_a_token_for_the_documents_owner_is_decided(
             timeout=30,
         )
         assert got.decision == ALLOW
+        # A token may only name a principal the store holds, not assert facts about it.
+        asserting = key.sign(claims(sub="bob", lvl=3))
+        request = pb.CheckRequest(
+            token=asserting, action=uid("Action", "read"), resource=uid("Document", "d1")
+        )
+        if BOB in stored:
+            with pytest.raises(grpc.RpcError) as err:
+                checks.Check(request, timeout=30)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "the entity store holds" in (err.value.details() or "")
+        else:
+            assert checks.Check(request, timeout=30).decision == ALLOW
