@@ -234,12 +234,11 @@ class Engine:
         """The forced Deny of a killed scope, decided before the cache is read: a cached
         Allow must never be served while the switch is on."""
         kill = self.kill_switch
+        if kill is None or not kill.any_active:  # the usual case: one attribute read
+            return None
         action = request.action
-        reason = (
-            None
-            if kill is None
-            else kill.reason(tenant, action, bundle.action_groups.get((action.type, action.id), ()))
-        )
+        groups = bundle.action_groups.get((action.type, action.id), ())
+        reason = kill.reason(tenant, action, groups)
         if reason is None:
             return None
         return CheckResult(Decision.DENY, [], [], bundle.version, _decision_id(), reason=reason)
