@@ -175,7 +175,12 @@ def test_a_source_failing_verification_is_no_confirmation(
         sig = json.loads(good)
         (bundle / "signature.json").write_text(json.dumps({**sig, "signature": "A" * 86 + "=="}))
         _until(lambda: c.is_stale("default"), "default denies as stale")
-        assert c.status("") == health_pb2.HealthCheckResponse.NOT_SERVING  # no tenant left
+        # Decisions read the age at call time; health follows from the confirm loop's
+        # wake-up just past the expiry, so it may lag the first stale Deny by a moment.
+        _until(
+            lambda: c.status("") == health_pb2.HealthCheckResponse.NOT_SERVING,
+            "server NOT_SERVING: no tenant left",
+        )
         cli = subprocess.run(
             [*pdp_command(), "check", "--server", srv.address, "--principal", 'User::"bob"']
             + ["--action", 'Action::"edit"', "--resource", 'Document::"doc-1"'],
