@@ -28,6 +28,7 @@ from pdp.config import default_bundle  # noqa: E402
 from pdp.decision_cache import DecisionCache  # noqa: E402
 from pdp.engine import Engine, Snapshot  # noqa: E402
 from pdp.grpc.servicer import AuthorizationServicer  # noqa: E402
+from pdp.grpc.wire import keeping  # noqa: E402
 
 
 class _NoContext:
@@ -50,8 +51,10 @@ def main() -> None:
     def servicer(cache: DecisionCache | None) -> AuthorizationServicer:
         return AuthorizationServicer(Engine(snapshot, cache=cache), 100)
 
+    decode = keeping(pb.CheckRequest)  # the server's own deserializer for Check
+
     def call(srv: AuthorizationServicer, wire: bytes) -> bytes:
-        return bytes(srv.Check(pb.CheckRequest.FromString(wire), ctx).SerializeToString())
+        return bytes(srv.Check(decode(wire), ctx).SerializeToString())
 
     def variant(**changes: str) -> bytes:
         m = pb.CheckRequest()

@@ -36,6 +36,12 @@ from pdp.model import BundleVersion, CheckInput, CheckResult, Decision, PolicyEr
 # (tenant, bundle digest, data version, principal type, id, action type, id, resource
 # type, id, canonical context, canonical request entities or "")
 Key = tuple[str, str, str, str, str, str, str, str, str, str, str]
+# (tenant, bundle digest, data version, the request's exact bytes): a request that arrives
+# as the same bytes as one decided before is that request, so it is answered without
+# being converted again (the key of the decoded, converted form is `Key`). A 4-tuple
+# never equals an 11-tuple, and bytes never equal a str: the two kinds cannot meet.
+ExactKey = tuple[str, str, str, bytes]
+AnyKey = Key | ExactKey
 
 # Bytes of an entry beyond the characters of its strings: the key tuple, the OrderedDict
 # and per-tenant index slots, the stored tuples and the string headers. tracemalloc says
@@ -53,6 +59,16 @@ def data_version(bundle: Bundle, store_version: int) -> str:
 def stored_under(key: Key, bundle: Bundle, store_version: int) -> Key:
     """`key` with the store data version the decision actually read."""
     return (key[0], key[1], data_version(bundle, store_version), *key[3:])
+
+
+def exact_key(tenant: str, bundle: Bundle, store_version: int, data: bytes) -> ExactKey:
+    """The key of a request by its exact bytes (see `ExactKey`)."""
+    return (tenant, bundle.version.digest, data_version(bundle, store_version), data)
+
+
+def exact_under(key: ExactKey, bundle: Bundle, store_version: int) -> ExactKey:
+    """`key` with the store data version the decision actually read."""
+    return (key[0], key[1], data_version(bundle, store_version), key[3])
 
 
 def decision_key(
@@ -111,9 +127,12 @@ class Cached:
     errors: tuple[PolicyError, ...]
     version: BundleVersion
     data_version: int
+    # Under an `ExactKey`: the request as converted when it was decided, which equal
+    # bytes convert to again (the metrics, log and span of a hit read it).
+    request: CheckInput | None = None
 
     @staticmethod
-    def of(result: CheckResult) -> Cached | None:
+    def of(result: CheckResult, request: CheckInput | None = None) -> Cached | None:
         """The result as stored, or None if it must not be (see the module's docstring)."""
         if not all(e.policy_id for e in result.errors):
             return None
@@ -123,6 +142,7 @@ class Cached:
             tuple(result.errors),
             result.version,
             result.data_version,
+            request,
         )
 
     def result(self, decision_id: str) -> CheckResult:
@@ -141,7 +161,20 @@ class Cached:
             sum(map(getsizeof, self.determining_policies))
             + sum(getsizeof(e.policy_id) + getsizeof(e.message) for e in self.errors)
             + 64 * (len(self.determining_policies) + len(self.errors))
+            + (0 if self.request is None else _request_size(self.request))
         )
+
+
+def _request_size(request: CheckInput) -> int:
+    """Bytes a kept request holds beyond ENTRY_OVERHEAD: its ids and texts (a mapping
+    context is counted at its JSON length, the size of what it was decoded from)."""
+    parts = [request.principal, request.action, request.resource]
+    size = sum(getsizeof(r.type) + getsizeof(r.id) for r in parts)
+    ctx = request.context
+    size += getsizeof(ctx) if isinstance(ctx, str) else 2 * len(repr(ctx))
+    if request.entities is not None:
+        size += 2 * getsizeof(request.entities.json)  # the text and what was parsed of it
+    return size
 
 
 class DecisionCache:
@@ -160,8 +193,8 @@ class DecisionCache:
         self._clock = clock
         self._lock = threading.Lock()
         # key -> (expiry, size, cached); oldest use first
-        self._entries: OrderedDict[Key, tuple[float, int, Cached]] = OrderedDict()
-        self._by_tenant: dict[str, dict[Key, None]] = {}  # to drop a tenant's entries
+        self._entries: OrderedDict[AnyKey, tuple[float, int, Cached]] = OrderedDict()
+        self._by_tenant: dict[str, dict[AnyKey, None]] = {}  # to drop a tenant's entries
         self._bytes = 0
         # Counters, for the metrics exporter (monotonic, never reset).
         self.hits = 0
@@ -178,23 +211,25 @@ class DecisionCache:
     def bytes(self) -> int:
         return self._bytes
 
-    def get(self, key: Key) -> Cached | None:
+    def get(self, key: AnyKey, *, count_miss: bool = True) -> Cached | None:
+        """The entry under `key`, if alive. `count_miss=False` for a first probe that a
+        second lookup follows when it misses (that one counts the hit or the miss)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                self.misses += 1
+                self.misses += count_miss
                 return None
             if entry[0] <= self._clock():
                 self._remove(key)
                 self.expirations += 1
-                self.misses += 1
+                self.misses += count_miss
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
             return entry[2]
 
-    def put(self, key: Key, result: CheckResult) -> None:
-        cached = Cached.of(result)
+    def put(self, key: AnyKey, result: CheckResult, request: CheckInput | None = None) -> None:
+        cached = Cached.of(result, request)
         if cached is None:
             return
         # Memory, not characters: a str of astral characters takes 4 bytes each.
@@ -220,7 +255,7 @@ class DecisionCache:
             self.dropped += len(keys)
             return len(keys)
 
-    def _remove(self, key: Key) -> None:
+    def _remove(self, key: AnyKey) -> None:
         _, size, _ = self._entries.pop(key)
         self._bytes -= size
         index = self._by_tenant[key[0]]

@@ -20,7 +20,13 @@ from typing import Any
 import cedarpy
 
 from pdp.bundle import Bundle, locate_entity_errors
-from pdp.decision_cache import DecisionCache, decision_key, stored_under
+from pdp.decision_cache import (
+    DecisionCache,
+    decision_key,
+    exact_key,
+    exact_under,
+    stored_under,
+)
 from pdp.entity_slice import (
     Slice,
     SliceCache,
@@ -133,7 +139,43 @@ class Engine:
             return None
         return CheckResult(Decision.DENY, [], [], bundle.version, _decision_id(), reason=reason)
 
-    def check(self, tenant: str, request: CheckInput, *, bypass_cache: bool = False) -> CheckResult:
+    def cached_exact(self, tenant: str, data: bytes) -> tuple[CheckInput, CheckResult] | None:
+        """A decision made before for a request that came as exactly these bytes, against
+        the tenant's current bundle and data version, with a fresh decision id, and the
+        request as it was converted then; None when there is none, and whenever anything
+        else may have to answer (an unknown or stale tenant, a kill switch set): then the
+        caller converts the request and asks `check`, which answers that. The caller
+        never asks for a request that bypasses the cache or carries a token (its
+        validity depends on the time)."""
+        cache = self.cache
+        snapshot = self._snapshot
+        if cache is None or snapshot is None:
+            return None
+        name = tenant or DEFAULT_TENANT
+        bundle = snapshot.bundles.get(name)
+        if bundle is None:
+            return None
+        if self.freshness is not None and self.freshness.stale(name) is not None:
+            return None
+        if self.kill_switch is not None and self.kill_switch.any_active:
+            return None
+        _, version = self._source(name)
+        hit = cache.get(exact_key(name, bundle, version, data), count_miss=False)
+        if hit is None or hit.request is None:
+            return None
+        return hit.request, hit.result(_decision_id())
+
+    def check(
+        self,
+        tenant: str,
+        request: CheckInput,
+        *,
+        bypass_cache: bool = False,
+        exact: bytes | None = None,
+    ) -> CheckResult:
+        """`exact`: the bytes the request came as; a decision found in the cache is then
+        stored under them too (`cached_exact`). Only for a request that may be answered
+        from them (no token, no bypass)."""
         bundle = self.bundle(tenant)
         forced = self._forced_deny(tenant, bundle)
         if forced is not None:
@@ -150,15 +192,21 @@ class Engine:
             )[0]
         key = decision_key(name, bundle, request, version)
         hit = None if key is None or bypass_cache else cache.get(key)
-        if hit is not None:
-            return hit.result(_decision_id())
-        result = evaluate(
-            bundle, [request], store=source, data_version=version, slices=self.slices
-        )[0]
-        if key is not None:
-            # Under the version the decision read, which a write may have moved past the
-            # one the lookup used.
-            cache.put(stored_under(key, bundle, result.data_version), result)
+        if hit is None:
+            result = evaluate(
+                bundle, [request], store=source, data_version=version, slices=self.slices
+            )[0]
+            if key is not None:
+                # Under the version the decision read, which a write may have moved past
+                # the one the lookup used.
+                cache.put(stored_under(key, bundle, result.data_version), result)
+            return result
+        result = hit.result(_decision_id())
+        if exact is not None:
+            # A request decided before came again: from now on its bytes find the entry
+            # without converting it. Only then, so a request seen once costs one entry.
+            wire = exact_key(name, bundle, version, exact)
+            cache.put(exact_under(wire, bundle, result.data_version), result, request)
         return result
 
     def check_batch(

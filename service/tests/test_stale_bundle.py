@@ -88,6 +88,7 @@ def test_a_vanished_or_invalid_source_fails_closed_after_the_age_and_recovers(
         first = c.check("acme")
         assert (first.decision, first.reason) == (pb.DECISION_ALLOW, "")
         assert c.check("acme").cache_hit  # an Allow is in the cache now
+        assert c.check("acme").cache_hit  # and under the request's exact bytes
         assert c.status("acme") == health_pb2.HealthCheckResponse.SERVING
 
         for break_it, fix_it in (

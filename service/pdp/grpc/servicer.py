@@ -22,10 +22,10 @@ from pdp.errors import DeadlineExceeded, InvalidRequest, RateLimited, TokenRejec
 from pdp.grpc import convert
 from pdp.grpc.status import error_status, handle_errors
 from pdp.grpc.tls import client_identity
-from pdp.grpc.wire import Undecodable, decoded
+from pdp.grpc.wire import Kept, Undecodable, decoded, exact_bytes
 from pdp.jwt_identity import TokenVerifier
 from pdp.metrics import OTHER, Metrics, NoMetrics
-from pdp.model import DEFAULT_TENANT, TokenPrincipal
+from pdp.model import DEFAULT_TENANT, CheckInput, CheckResult, TokenPrincipal
 from pdp.rate_limit import RateLimits
 from pdp.tracing import NO_TRACING, Tracing
 
@@ -63,19 +63,33 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
 
     def _check(
         self,
-        request: pb.CheckRequest | Undecodable,
+        request: pb.CheckRequest | Kept[pb.CheckRequest] | Undecodable,
         context: grpc.ServicerContext,
         metadata: Sequence[tuple[str, Any]] | None,
         client: str | None,
     ) -> pb.CheckResponse:
+        started = time.perf_counter()
+        exact = exact_bytes(request)
         request = decoded(request)
         if self._rate_limits is not None:
             self._admit(request.tenant, context, client, 1)
-        self._take_slot(context)
-        try:
-            return self._decide(request, metadata)
-        finally:
-            self._slots.release()
+        if exact is not None and (request.token or convert.bypass_cache(request)):
+            exact = None  # a token is valid for a time; a bypass asks for a fresh decision
+        hit = None if exact is None else self._engine.cached_exact(request.tenant, exact)
+        if hit is None:
+            self._take_slot(context)
+            try:
+                check, result = self._decide(request, exact)
+            finally:
+                self._slots.release()
+        else:  # found by the request's bytes: no deciding slot needed, nothing converted
+            check, result = hit
+            with self.tracing.decision(request.tenant) as span:
+                span.check(check, result)
+        if self._decision_log is not None:
+            self._decision_log.check(request.tenant, check, result, started, metadata)
+        self.metrics.decided(request.tenant, check, result)
+        return convert.check_response(result)
 
     def _take_slot(self, context: grpc.ServicerContext) -> None:
         """Wait for a deciding slot; a call whose deadline passed while it waited is not
@@ -115,18 +129,14 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         return name if snapshot is not None and name in snapshot.bundles else OTHER
 
     def _decide(
-        self, request: pb.CheckRequest, metadata: Sequence[tuple[str, Any]] | None
-    ) -> pb.CheckResponse:
-        started = time.perf_counter()
+        self, request: pb.CheckRequest, exact: bytes | None
+    ) -> tuple[CheckInput, CheckResult]:
         check = convert.check_input(request, self._limits, self._token(request))
         bypass = convert.bypass_cache(request)
         with self.tracing.decision(request.tenant) as span:
-            result = self._engine.check(request.tenant, check, bypass_cache=bypass)
+            result = self._engine.check(request.tenant, check, bypass_cache=bypass, exact=exact)
             span.check(check, result)
-        if self._decision_log is not None:
-            self._decision_log.check(request.tenant, check, result, started, metadata)
-        self.metrics.decided(request.tenant, check, result)
-        return convert.check_response(result)
+        return check, result
 
     def _token(self, request: pb.CheckRequest | pb.CheckBatchRequest) -> TokenPrincipal | None:
         """The principal the request's bearer token names, validated; None without one."""
@@ -143,7 +153,9 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
 
     @handle_errors
     def Check(
-        self, request: pb.CheckRequest | Undecodable, context: grpc.ServicerContext
+        self,
+        request: pb.CheckRequest | Kept[pb.CheckRequest] | Undecodable,
+        context: grpc.ServicerContext,
     ) -> pb.CheckResponse:
         return self._check(request, context, context.invocation_metadata(), None)
 
@@ -190,7 +202,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
 
     def CheckStream(
         self,
-        request_iterator: Iterable[pb.CheckRequest | Undecodable],
+        request_iterator: Iterable[pb.CheckRequest | Kept[pb.CheckRequest] | Undecodable],
         context: grpc.ServicerContext,
     ) -> Iterator[pb.CheckStreamResponse]:
         if not self._streams.acquire(blocking=False):
@@ -210,7 +222,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
 
     def _stream_answer(
         self,
-        request: pb.CheckRequest | Undecodable,
+        request: pb.CheckRequest | Kept[pb.CheckRequest] | Undecodable,
         context: grpc.ServicerContext,
         metadata: Sequence[tuple[str, Any]] | None,
         client: str | None,

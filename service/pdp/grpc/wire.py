@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -28,11 +28,27 @@ class Undecodable:
     reason: str
 
 
-def decoded(request: M | Undecodable) -> M:
+@dataclass(frozen=True, slots=True)
+class Kept(Generic[M]):
+    """A decoded request with the exact bytes it came in: equal bytes are the same
+    request, which the decision cache can answer without converting it again."""
+
+    message: M
+    data: bytes
+
+
+def decoded(request: M | Kept[M] | Undecodable) -> M:
     """The request, or INVALID_ARGUMENT if its bytes did not decode."""
     if isinstance(request, Undecodable):
         raise InvalidRequest("request", f"not a valid {request.message}: {request.reason}")
+    if isinstance(request, Kept):
+        return request.message
     return request
+
+
+def exact_bytes(request: Any) -> bytes | None:
+    """The bytes a request came in, when its deserializer kept them."""
+    return request.data if isinstance(request, Kept) else None
 
 
 def lenient(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
@@ -45,22 +61,37 @@ def lenient(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
     return deserialize
 
 
+def keeping(cls: type[Message]) -> Callable[[bytes], Kept[Message] | Undecodable]:
+    """`lenient`, keeping the request's bytes beside the decoded message."""
+    decode = lenient(cls)
+
+    def deserialize(data: bytes) -> Kept[Message] | Undecodable:
+        message = decode(data)
+        return message if isinstance(message, Undecodable) else Kept(message, data)
+
+    return deserialize
+
+
 Unary = dict[str, tuple[Any, type[Message], type[Message]]]  # name -> (method, req, resp)
 
 
 def add_authorization_service(servicer: Any, server: grpc.Server) -> None:
     """Like the generated `add_AuthorizationServiceServicer_to_server`, decoding leniently."""
     methods: Unary = {
-        "Check": (servicer.Check, pb.CheckRequest, pb.CheckResponse),
         "CheckBatch": (servicer.CheckBatch, pb.CheckBatchRequest, pb.CheckBatchResponse),
     }
     stream = grpc.stream_stream_rpc_method_handler(
         servicer.CheckStream,
-        request_deserializer=lenient(pb.CheckRequest),
+        request_deserializer=keeping(pb.CheckRequest),
         response_serializer=pb.CheckStreamResponse.SerializeToString,
     )
+    check = grpc.unary_unary_rpc_method_handler(
+        servicer.Check,
+        request_deserializer=keeping(pb.CheckRequest),
+        response_serializer=pb.CheckResponse.SerializeToString,
+    )
     service = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
-    add_unary_service(server, service, methods, {"CheckStream": stream})
+    add_unary_service(server, service, methods, {"CheckStream": stream, "Check": check})
 
 
 def add_unary_service(

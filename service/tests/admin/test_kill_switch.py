@@ -117,6 +117,7 @@ def test_a_cached_allow_is_not_served_while_killed(
     _, admin, stub = served
     check(stub)
     assert check(stub).cache_hit  # the Allow is in the decision cache
+    assert check(stub).cache_hit  # and under the request's exact bytes
     admin.kill("cache test")
     denied = check(stub)
     assert (denied.decision, denied.cache_hit, denied.reason) == (

@@ -86,6 +86,8 @@ def test_a_cached_decision_is_not_served_after_a_write(stubs: Stubs) -> None:
     first = checks.Check(request)
     assert first.decision == ALLOW and not first.cache_hit
     assert checks.Check(request).cache_hit  # the same data: a hit
+    # Now also under the request's exact bytes, which answer the next one unconverted.
+    assert checks.Check(request).cache_hit
     # carol leaves the readers group: the next check must not answer from the cache.
     later = write(entities, [user("carol")])
     after = checks.Check(request)
