@@ -52,6 +52,7 @@ from pdp.trust import check_request_entities, request_items, token_entities
 _POLICY_ERROR = re.compile(r"^error while evaluating policy `(?P<id>[^`]*)`: (?P<msg>.*)$", re.S)
 _REQUEST_ERROR = "failed to build request"  # how Cedar reports a request the schema refuses
 _FIELDS = ("context", "principal", "resource", "action", "entities")
+_VERDICTS = {"Allow": Decision.ALLOW, "Deny": Decision.DENY}  # what Cedar answers
 BATCH_SLICE = 8  # the most requests one cedarpy call decides (`evaluate`)
 
 
@@ -535,8 +536,21 @@ def _result(
     bundle: Bundle, outcome: Mapping[str, Any], index: int, data_version: int = 0
 ) -> CheckResult:
     diagnostics = outcome.get("diagnostics") or {}
-    raw_errors: list[str] = list(diagnostics.get("errors") or [])
     verdict = outcome.get("decision")
+    if not diagnostics.get("errors") and verdict in ("Allow", "Deny"):
+        # The usual answer: Cedar decided and no policy errored, so there is nothing to
+        # attribute and nothing to fail closed on (what the general path below finds then).
+        policy_id = bundle.policy_id
+        return CheckResult(
+            _VERDICTS[verdict],
+            [policy_id(p) for p in diagnostics.get("reason") or ()],
+            [],
+            bundle.version,
+            _decision_id(),
+            False,
+            data_version,
+        )
+    raw_errors: list[str] = list(diagnostics.get("errors") or [])
     if verdict not in ("Allow", "Deny"):
         message = "; ".join(raw_errors) or "no decision"
         if _REQUEST_ERROR in message:
