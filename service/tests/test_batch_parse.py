@@ -59,6 +59,16 @@ def entities(*users: dict[str, Any]) -> RequestEntities:
 
 SHARED = entities(user("newcomer", "acme", 0), user("visitor", "globex", 3))
 OTHERS = [entities(user("newcomer", "acme", 7)), entities(user("newcomer", "globex", 0))]
+# A document the docs bundle does not hold: stored, bob's (he may read it: `owner-all`).
+BOBS_DOC3 = {
+    "uid": {"type": "Document", "id": "doc3"},
+    "attrs": {
+        "org": {"__entity": {"type": "Org", "id": "acme"}},
+        "owner": {"__entity": {"type": "User", "id": "bob"}},
+        "public": False,
+    },
+    "parents": [],
+}
 CONTEXTS = [
     "{}",
     '{"mfa": true}',
@@ -130,16 +140,7 @@ def test_each_set_of_request_entities_is_parsed_once_and_kept_apart(docs: Bundle
 def test_a_store_slice_is_parsed_once_per_batch(docs: Bundle, tmp_path: Path) -> None:
     # A written store sends even items without request entities through a slice.
     store = SqliteEntityStore(tmp_path / "e.sqlite3")
-    doc = {
-        "uid": {"type": "Document", "id": "doc3"},
-        "attrs": {
-            "org": {"__entity": {"type": "Org", "id": "acme"}},
-            "owner": {"__entity": {"type": "User", "id": "bob"}},
-            "public": False,
-        },
-        "parents": [],
-    }
-    version = store.write("docs", [doc], [])
+    version = store.write("docs", [BOBS_DOC3], [])
     try:
         engine = Engine(Snapshot.of({"docs": docs}), store=store)
         batch = [item(i, None if i % 2 else SHARED) for i in range(ITEMS)]
