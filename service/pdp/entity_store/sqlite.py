@@ -94,7 +94,10 @@ class SqliteEntityStore(Backend):
         try:
             yield
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"entity store {self.path}: {exc}") from exc
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
+        return StoreUnavailable(f"entity store {self.path}: {exc}")
 
     @contextmanager
     def _tx(self, begin: str, conn: sqlite3.Connection | None = None) -> Iterator[Tx]:
@@ -110,7 +113,7 @@ class SqliteEntityStore(Backend):
         # again rather than keep a stale version. A connection's own commits leave it
         # unchanged: `_write` forgets the cache of the connection that wrote.
         seen: _Seen | None = getattr(self._local, "seen", None)
-        with self._errors():
+        try:  # not `_errors()`: a context manager is a fifth of this call's cost
             if seen is None:
                 seen = self._local.seen = _Seen(self._connection().cursor())
             cursor = seen.cursor
@@ -122,6 +125,8 @@ class SqliteEntityStore(Backend):
                 return found
             row = cursor.execute("SELECT version FROM versions WHERE tenant = ?", (tenant,))
             version = row.fetchone()
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
         found = 0 if version is None else int(version[0])
         if len(seen.versions) < MAX_CACHED_TENANTS:  # tenant names are caller input: bounded
             seen.versions[tenant] = found
