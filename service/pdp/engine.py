@@ -58,7 +58,8 @@ from pdp.trust import check_request_entities, request_items, token_entities
 _POLICY_ERROR = re.compile(r"^error while evaluating policy `(?P<id>[^`]*)`: (?P<msg>.*)$", re.S)
 _REQUEST_ERROR = "failed to build request"  # how Cedar reports a request the schema refuses
 _FIELDS = ("context", "principal", "resource", "action", "entities")
-BATCH_SLICE = 8  # requests per cedarpy call in `Engine.check_batch`
+_VERDICTS = {"Allow": Decision.ALLOW, "Deny": Decision.DENY}  # what Cedar answers
+BATCH_SLICE = 8  # the most requests one cedarpy call decides (`evaluate`)
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,14 @@ class Engine:
         source, version = self._source(name)
         cache = self.cache
         if cache is None:
-            return _sliced(bundle, requests, source, version, self.slices, expired)
+            return evaluate(
+                bundle,
+                requests,
+                store=source,
+                data_version=version,
+                slices=self.slices,
+                expired=expired,
+            )
         memo: dict[str, str] = {}  # batch-level texts are canonicalised once
         keys = [decision_key(name, bundle, r, version, memo) for r in requests]
         results: list[CheckResult | None] = [None] * len(requests)
@@ -261,16 +269,25 @@ class Engine:
                 results[i] = hit.result(_decision_id())
         if not misses:
             return [r for r in results if r is not None]
-        try:
-            fresh = _sliced(
-                bundle, [requests[i] for i in misses], source, version, self.slices, expired
+
+        def fresh_of(todo: Sequence[CheckInput]) -> list[CheckResult]:
+            return evaluate(
+                bundle,
+                todo,
+                store=source,
+                data_version=version,
+                slices=self.slices,
+                expired=expired,
             )
+
+        try:
+            fresh = fresh_of([requests[i] for i in misses])
         except InvalidRequest:
             if len(misses) == len(requests):
                 raise
             # Raise the error a fresh evaluation of the whole batch raises: which item is
             # reported must not depend on what happens to be cached.
-            return _sliced(bundle, requests, source, version, self.slices, expired)
+            return fresh_of(requests)
         for i, result in zip(misses, fresh, strict=True):
             key = keys[i]
             if key is not None:
@@ -292,55 +309,26 @@ class Engine:
         return CheckResult(Decision.DENY, [], [], bundle.version, _decision_id(), reason=reason)
 
 
-def _sliced(
-    bundle: Bundle,
-    requests: Sequence[CheckInput],
-    source: StoreSource | None,
-    version: int,
-    slices: SliceCache,
-    expired: Callable[[], bool] | None = None,
-) -> list[CheckResult]:
-    """Decide every request, BATCH_SLICE requests per cedarpy call: a cedarpy call holds
-    the GIL for its whole length, so a large batch decided in one call would stall every
-    other call of the process; between two slices the GIL can pass to them. The slices
-    share one parse of each set of request entities."""
-    parsed: dict[RequestEntities, Any] = {}
-    results: list[CheckResult] = []
-    for start in range(0, len(requests), BATCH_SLICE):
-        if start and expired is not None and expired():
-            raise DeadlineExceeded(
-                f"the deadline passed after {start} of {len(requests)} items; none is answered"
-            )
-        chunk = requests[start : start + BATCH_SLICE]
-        results += evaluate(
-            bundle,
-            chunk,
-            parsed=parsed,
-            first_index=start,
-            store=source,
-            data_version=version,
-            slices=slices,
-        )
-    return results
-
-
 def evaluate(
     bundle: Bundle,
     requests: Sequence[CheckInput],
     *,
-    parsed: dict[RequestEntities, Any] | None = None,
-    first_index: int = 0,
     trust_request_entities: bool = False,
     store: StoreSource | None = None,
     data_version: int = 0,
     slices: SliceCache | None = None,
+    expired: Callable[[], bool] | None = None,
 ) -> list[CheckResult]:
     """Decide every request against one bundle (and the tenant's entity `store`), in order.
 
-    Requests that share the same request entities share one parse of them, and
-    each such group is decided in one cedarpy call. A caller deciding a batch in
-    slices passes the same `parsed` cache to each slice, and the slice's position
-    as `first_index` (errors name the request by its index in the whole batch).
+    Requests that share the same request entities are one group, whatever their place in
+    the batch: its slice is read and parsed once (`Entities.from_json_str`, the dearest
+    step of a batch), and all of its requests are decided on that one parse, at most
+    BATCH_SLICE per cedarpy call. A cedarpy call holds the GIL for its whole length, so a
+    large batch decided in one call would stall every other call of the process; between
+    two calls the GIL can pass to them. `expired` is asked before every cedarpy call but
+    the first: once true, the rest is not decided (DeadlineExceeded), whoever asked has
+    stopped waiting. Errors name the request by its index in `requests`.
 
     Request entities must pass the bundle's rule (`pdp.trust`). Only a caller that
     wrote the entities on the bundle owners' behalf (the policy-test harness) passes
@@ -348,66 +336,93 @@ def evaluate(
 
     With no request entities and a store never written (`data_version` 0, as read by the
     caller), the bundle's parsed base is used whole: no copy, so it costs nothing however
-    many entities it holds. Otherwise each group is decided on a slice (`pdp.entity_slice`).
-    `parsed` caches the checked request entities of a batch by value; `slices` (the
-    engine's) the slices read, by data version.
+    many entities it holds. Otherwise each group is decided on a slice (`pdp.entity_slice`);
+    `slices` (the engine's) caches the slices read, by data version.
     """
     groups: dict[RequestEntities | None, list[int]] = {}
     for i, req in enumerate(requests):
         groups.setdefault(req.entities, []).append(i)
     results: list[CheckResult | None] = [None] * len(requests)
     schema = bundle.schema if bundle.manifest.validate_requests else None
-    checked = {} if parsed is None else parsed
     contexts: dict[int, str] = {}  # a context shared by many requests is serialised once
+    pace = _Pace(len(requests), expired)
     for delta, indices in groups.items():
         batch = [_cedar_request(requests[i], contexts) for i in indices]
-        at = first_index + indices[0]
+        at = indices[0]
         read = 0
         if delta is None and data_version == 0:
             entities: Any = bundle.entities
         else:
-            extra: dict[tuple[str, str], SliceEntity] = {}
-            if delta is not None:
-                if delta not in checked:
-                    if not trust_request_entities:
-                        check_request_entities(bundle.trust, delta, at)
-                    items = request_items(delta, at)
-                    if delta.token is not None:
-                        # A token's principal joins the caller's entities under its own
-                        # rule (pdp.trust).
-                        items = token_entities(bundle.trust, delta, at)
-                    checked[delta] = sliced_request_entities(items, at)
-                extra = checked[delta]
-            seeds = _seeds(bundle, batch, [requests[i] for i in indices])
-            memo = None if slices is None else (slices, bundle.version.digest, data_version)
-            piece = build_slice(
-                bundle.slice_entities, store, seeds, bundle.slice_depth, extra, memo
+            group = [requests[i] for i in indices]
+            entities, read = _group_entities(
+                bundle, delta, batch, group, at, trust_request_entities, store, data_version, slices
             )
-            token = None if delta is None or delta.token is None else delta.token
-            own = None if token is None else (token.uid.type, token.uid.id)
-            if own is not None and own in piece.stored and token is not None:
-                # The store holds the token's principal: like a bundle-owned one, the
-                # stored entity is used and the token may only name it.
-                if token.asserted:
-                    raise TokenRejected(
-                        f"claims {', '.join(token.asserted)} assert facts about {token.uid}, "
-                        "which the entity store holds: a token may only name such a principal"
-                    )
-                extra = {k: v for k, v in extra.items() if k != own}
-                piece = build_slice(
-                    bundle.slice_entities, store, seeds, bundle.slice_depth, extra, memo
-                )
-            if delta is not None:
-                _check_against_slice(bundle, piece, extra, at, trust_request_entities, own)
-            read = piece.data_version
-            entities = _slice_entities(bundle, piece, extra, delta, at)
         if entities is None:  # the stored entities no longer fit the schema: fail closed
             outcomes = [_STORE_FAULT] * len(batch)
         else:
-            outcomes = _authorize(batch, bundle, entities, schema)
+            outcomes = _authorize(batch, bundle, entities, schema, pace)
         for i, outcome in zip(indices, outcomes, strict=True):
-            results[i] = _result(bundle, outcome, first_index + i, read)
+            results[i] = _result(bundle, outcome, i, read)
     return [r for r in results if r is not None]
+
+
+class _Pace:
+    """Between two cedarpy calls of one `evaluate`: has the caller stopped waiting?"""
+
+    def __init__(self, total: int, expired: Callable[[], bool] | None) -> None:
+        self.total = total
+        self.expired = expired
+        self.decided = 0  # requests handed to cedarpy so far
+
+    def next(self, count: int) -> None:
+        if self.decided and self.expired is not None and self.expired():
+            raise DeadlineExceeded(
+                f"the deadline passed after {self.decided} of {self.total} items; none is answered"
+            )
+        self.decided += count
+
+
+def _group_entities(
+    bundle: Bundle,
+    delta: RequestEntities | None,
+    batch: Sequence[Mapping[str, Any]],
+    group: Sequence[CheckInput],
+    at: int,
+    trusted: bool,
+    store: StoreSource | None,
+    data_version: int,
+    slices: SliceCache | None,
+) -> tuple[Any, int]:
+    """The parsed slice one group of requests is decided on (None: the stored entities do
+    not fit the schema) and the store's data version it read. `at` is the group's first
+    request, which an error about its request entities names."""
+    extra: dict[tuple[str, str], SliceEntity] = {}
+    if delta is not None:
+        if not trusted:
+            check_request_entities(bundle.trust, delta, at)
+        items = request_items(delta, at)
+        if delta.token is not None:
+            # A token's principal joins the caller's entities under its own rule (pdp.trust).
+            items = token_entities(bundle.trust, delta, at)
+        extra = sliced_request_entities(items, at)
+    seeds = _seeds(bundle, batch, group)
+    memo = None if slices is None else (slices, bundle.version.digest, data_version)
+    piece = build_slice(bundle.slice_entities, store, seeds, bundle.slice_depth, extra, memo)
+    token = None if delta is None or delta.token is None else delta.token
+    own = None if token is None else (token.uid.type, token.uid.id)
+    if own is not None and own in piece.stored and token is not None:
+        # The store holds the token's principal: like a bundle-owned one, the stored entity
+        # is used and the token may only name it.
+        if token.asserted:
+            raise TokenRejected(
+                f"claims {', '.join(token.asserted)} assert facts about {token.uid}, "
+                "which the entity store holds: a token may only name such a principal"
+            )
+        extra = {k: v for k, v in extra.items() if k != own}
+        piece = build_slice(bundle.slice_entities, store, seeds, bundle.slice_depth, extra, memo)
+    if delta is not None:
+        _check_against_slice(bundle, piece, extra, at, trusted, own)
+    return _slice_entities(bundle, piece, extra, delta, at), piece.data_version
 
 
 _STORE_FAULT: dict[str, Any] = {
@@ -534,21 +549,22 @@ def _check_token_entity(bundle: Bundle, token: TokenPrincipal) -> None:
 
 
 def _authorize(
-    batch: list[dict[str, Any]], bundle: Bundle, entities: Any, schema: Any
+    batch: list[dict[str, Any]], bundle: Bundle, entities: Any, schema: Any, pace: _Pace
 ) -> list[dict[str, Any]]:
     # The one place a policy set is picked: the bundle's index (`pdp.policy_index`) groups
     # the requests by the sub-set of the policies whose scope can match them (None: all).
+    # Each sub-set's requests are then decided BATCH_SLICE at a time (`evaluate`).
     index = bundle.index
     groups = [(None, range(len(batch)))] if index is None else index.split(batch)
-    if len(groups) == 1:
-        subset = groups[0][0]
-        return _decide(batch, bundle.policy_set if subset is None else subset, entities, schema)
     outcomes: list[dict[str, Any]] = [{}] * len(batch)
     for subset, positions in groups:
-        part = [batch[i] for i in positions]
         policy_set = bundle.policy_set if subset is None else subset
-        for i, outcome in zip(positions, _decide(part, policy_set, entities, schema), strict=True):
-            outcomes[i] = outcome
+        for start in range(0, len(positions), BATCH_SLICE):
+            part = positions[start : start + BATCH_SLICE]
+            pace.next(len(part))
+            decided = _decide([batch[i] for i in part], policy_set, entities, schema)
+            for i, outcome in zip(part, decided, strict=True):
+                outcomes[i] = outcome
     return outcomes
 
 
@@ -568,8 +584,21 @@ def _result(
     bundle: Bundle, outcome: Mapping[str, Any], index: int, data_version: int = 0
 ) -> CheckResult:
     diagnostics = outcome.get("diagnostics") or {}
-    raw_errors: list[str] = list(diagnostics.get("errors") or [])
     verdict = outcome.get("decision")
+    if not diagnostics.get("errors") and verdict in ("Allow", "Deny"):
+        # The usual answer: Cedar decided and no policy errored, so there is nothing to
+        # attribute and nothing to fail closed on (what the general path below finds then).
+        policy_id = bundle.policy_id
+        return CheckResult(
+            _VERDICTS[verdict],
+            [policy_id(p) for p in diagnostics.get("reason") or ()],
+            [],
+            bundle.version,
+            _decision_id(),
+            False,
+            data_version,
+        )
+    raw_errors: list[str] = list(diagnostics.get("errors") or [])
     if verdict not in ("Allow", "Deny"):
         message = "; ".join(raw_errors) or "no decision"
         if _REQUEST_ERROR in message:

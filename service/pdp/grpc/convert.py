@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import value_pb2 as vpb
@@ -280,21 +280,29 @@ def batch_inputs(
     shared_ctx = ctx if ctx is not None else "{}"
     shared_size = utf8_size(shared_ctx)
     context_bytes = 0  # as Cedar parses them: a shared context once per item using it
+    refs = _Refs(limits)
     for i, item in enumerate(req.items):
-        at = f"items[{i}]"
-        if item.HasField("principal") and token is not None:
-            raise InvalidRequest(f"{at}.principal", "set with token: the token names the principal")
+        # Field names are built only for an error: the usual item costs none of them.
         if item.HasField("principal"):
-            item_principal = _capped(
-                f"{at}.principal", entity_ref(f"{at}.principal", item.principal), limits
-            )
+            if token is not None:
+                raise InvalidRequest(
+                    f"items[{i}].principal", "set with token: the token names the principal"
+                )
+            item_principal = refs.of(i, "principal", item.principal)
         elif principal is not None:
             item_principal = principal
         else:
-            raise InvalidRequest(f"{at}.principal", "required (no batch-level principal either)")
-        item_ctx = context(f"{at}.context", item.context, item.context_json, limits)
-        used = shared_ctx if item_ctx is None else item_ctx
-        context_bytes += shared_size if item_ctx is None else utf8_size(item_ctx)
+            raise InvalidRequest(
+                f"items[{i}].principal", "required (no batch-level principal either)"
+            )
+        typed, text = item.context, item.context_json
+        if typed or text:
+            item_ctx = context(f"items[{i}].context", typed, text, limits)
+            used = shared_ctx if item_ctx is None else item_ctx
+            context_bytes += utf8_size(used)
+        else:
+            used = shared_ctx
+            context_bytes += shared_size
         if context_bytes > limits.max_batch_context_bytes:
             raise InvalidRequest(
                 "items",
@@ -302,21 +310,39 @@ def batch_inputs(
                 f"counts once per item using it), over the limit of "
                 f"{limits.max_batch_context_bytes}",
             )
-        item_ents = entities(f"{at}.entities", item.entities, item.entities_json, limits)
-        out.append(
-            CheckInput(
-                principal=item_principal,
-                action=_capped(
-                    f"{at}.action", _required_ref(f"{at}.action", item, "action"), limits
-                ),
-                resource=_capped(
-                    f"{at}.resource", _required_ref(f"{at}.resource", item, "resource"), limits
-                ),
-                context=used,
-                entities=shared_ents if item_ents is None else _with_token(item_ents, token),
-            )
-        )
+        ents = shared_ents
+        typed_ents, ents_text = item.entities, item.entities_json
+        if typed_ents or ents_text:
+            own = entities(f"items[{i}].entities", typed_ents, ents_text, limits)
+            ents = shared_ents if own is None else _with_token(own, token)
+        action = refs.required(i, "action", item)
+        resource = refs.required(i, "resource", item)
+        out.append(CheckInput(item_principal, action, resource, used, ents))
     return out
+
+
+class _Refs:
+    """The entity uids of one batch's items, each checked (type name, `max_id_bytes`) and
+    built once: a batch names the same few actions and resources again and again."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._seen: dict[tuple[str, str], EntityRef] = {}
+
+    def required(
+        self, i: int, part: Literal["action", "resource"], item: pb.BatchItem
+    ) -> EntityRef:
+        if not item.HasField(part):
+            raise InvalidRequest(f"items[{i}].{part}", "required")
+        return self.of(i, part, getattr(item, part))
+
+    def of(self, i: int, part: str, uid: vpb.EntityUid) -> EntityRef:
+        key = (uid.type, uid.id)
+        found = self._seen.get(key)
+        if found is None:
+            field = f"items[{i}].{part}"
+            found = self._seen[key] = _capped(field, entity_ref(field, uid), self._limits)
+        return found
 
 
 def batch_error_field(req: pb.CheckBatchRequest, exc: InvalidRequest) -> InvalidRequest:
@@ -387,13 +413,21 @@ def _hit_template(
 
 
 def _build_response(result: CheckResult) -> pb.CheckResponse:
-    return pb.CheckResponse(
+    msg = pb.CheckResponse(
         decision=_DECISIONS[result.decision],
         determining_policies=result.determining_policies,
-        errors=[pb.PolicyError(policy_id=e.policy_id, message=e.message) for e in result.errors],
         policy_version=_policy_version(result.version),
         decision_id=result.decision_id,
-        cache_hit=result.cache_hit,
-        data_version=result.data_version,
-        reason=result.reason,
     )
+    # The fields below are usually at their defaults: set only when not (each set costs).
+    if result.errors:
+        msg.errors.extend(
+            pb.PolicyError(policy_id=e.policy_id, message=e.message) for e in result.errors
+        )
+    if result.cache_hit:
+        msg.cache_hit = True
+    if result.data_version:
+        msg.data_version = result.data_version
+    if result.reason:
+        msg.reason = result.reason
+    return msg
