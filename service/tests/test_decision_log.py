@@ -23,8 +23,16 @@ from hypothesis import strategies as st
 
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import value_pb2 as vpb
-from pdp.decision_log import DecisionLogger, trace_id
-from pdp.masking import is_card_number, mask_text
+from pdp.decision_log import (
+    DecisionLogger,
+    _cut,
+    _fit,
+    _json_compact,
+    _json_str,
+    _json_strs,
+    trace_id,
+)
+from pdp.masking import Stats, is_card_number, mask_text
 from pdp.model import BundleVersion, CheckInput, CheckResult, Decision, EntityRef
 
 from .support import REPO, ServerProcess, pdp_command, running_server
@@ -824,3 +832,71 @@ def test_secrets_spelled_with_json_escapes_are_masked_too(bundle: Path) -> None:
     }
     assert second["context"] == {"ok": "plain"} and second["masked"] == 0
     assert pan not in srv.log() and "hunter22" not in srv.log()
+
+
+# -- the writer's fast paths ----------------------------------------------------------
+
+# Characters that take 1, 2, 6 and 12 bytes in JSON, weighted towards plain ones.
+JSON_CHARS = st.one_of(
+    st.sampled_from(string.ascii_letters + string.digits + " -_.:/"),
+    st.sampled_from('"\\\b\f\n\r\t\x00\x1f\x7f'),
+    st.characters(min_codepoint=0x80, max_codepoint=0xFFFF, exclude_categories=("Cs",)),
+    st.characters(min_codepoint=0x10000, max_codepoint=0x10FFFF),
+)
+
+
+def test_fitting_an_id_agrees_with_cutting_it_character_by_character() -> None:
+    """`_fit` skips the per-character walk when the length alone or one regex pass shows
+    the text fits: for any text and bound it returns what the walk returns, and records the
+    same cut."""
+    seen: collections.Counter[str] = collections.Counter()
+
+    @settings(max_examples=1500, deadline=None, database=None)
+    @given(
+        st.one_of(
+            st.text(JSON_CHARS, max_size=40),
+            st.text(st.sampled_from(string.ascii_letters), min_size=240, max_size=270),
+            st.text(JSON_CHARS, min_size=200, max_size=300),
+        ),
+        st.sampled_from([8, 21, 24, 64, 256, 1024]),
+    )
+    def agree(text: str, limit: int) -> None:
+        fast, walked = Stats(), Stats()
+        out = _fit(text, fast, "id", limit)
+        assert out == _cut(text, walked, "id", limit)
+        assert fast == walked
+        seen["cut" if walked.truncated else "whole"] += 1
+        seen["short" if len(text) * 12 <= limit else "plain" if text.isascii() else "other"] += 1
+
+    agree()
+    assert min(seen.values()) >= 50, seen
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.lists(st.text(JSON_CHARS, max_size=30), max_size=5))
+def test_the_writers_encoders_write_what_json_dumps_writes(texts: list[str]) -> None:
+    assert _json_strs(texts) == json.dumps(texts)
+    for text in texts:
+        assert _json_str(text) == json.dumps(text)
+    tree = {"errors": [{"policy_id": t, "message": t} for t in texts]}
+    assert _json_compact(tree) == json.dumps(tree, separators=(",", ":"))
+
+
+def test_uids_kept_across_calls_are_masked_and_counted_in_every_record(bundle: Path) -> None:
+    """The writer keeps masked uids from call to call: a later record with the same ids
+    still counts what was masked and names what was cut."""
+    pan = "4111 1111 1111 1111"
+    req = check(principal=("User", pan), resource=("Thing", "t" * 400))
+    with serve(bundle) as srv, srv.channel() as ch:
+        stub = srv.stub(ch)
+        for _ in range(3):
+            stub.Check(req)
+        stub.Check(check())
+    *same, plain = records(srv.lines)
+    assert len(same) == 3
+    for r in same:
+        assert r["principal"] == {"type": "User", "id": "<masked:pan>"}
+        assert r["resource"]["id"] == "t" * 256 + "…"
+        assert (r["masked"], r["truncated"]) == (1, ["resource"])
+    assert plain["principal"]["id"] == "bob" and (plain["masked"], plain["truncated"]) == (0, [])
+    assert pan not in srv.log()
