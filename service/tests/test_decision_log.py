@@ -18,7 +18,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pdp._proto.v1 import authorization_pb2 as pb
@@ -32,7 +32,15 @@ from pdp.decision_log import (
     _json_strs,
     trace_id,
 )
-from pdp.masking import Stats, is_card_number, mask_text
+from pdp.masking import (
+    Masker,
+    Stats,
+    is_card_number,
+    json_may_hold_secret,
+    mask_all,
+    mask_text,
+    may_hold_secret,
+)
 from pdp.model import BundleVersion, CheckInput, CheckResult, Decision, EntityRef
 
 from .support import REPO, ServerProcess, pdp_command, running_server
@@ -900,3 +908,86 @@ def test_uids_kept_across_calls_are_masked_and_counted_in_every_record(bundle: P
         assert (r["masked"], r["truncated"]) == (1, ["resource"])
     assert plain["principal"]["id"] == "bob" and (plain["masked"], plain["truncated"]) == (0, [])
     assert pan not in srv.log()
+
+
+# -- the masker's pre-checks ----------------------------------------------------------
+
+# Pieces of what the detectors look for (digits and separators of card numbers, IBAN
+# starts, secret names and pair separators plain and URL-encoded, JWT and credential
+# prefixes) and of what they do not, glued in any order.
+FRAGMENTS = st.sampled_from(
+    ["4", "1", "0", "7", " ", "-", "4111", "1111", "pin", "pwd", "cvv", "key", "Otp", "=",
+     ":", "%3d", "%3A", "%20", '"', "'", "bearer ", "Basic ", "eyJ", "hbGciOiJIUzI1", ".",
+     "_", "DE89", "3704", "0044", "0532", "0130", "00", "GB", "a", "Z", "x9", "\t", "&",
+     "?", "token", "é", "\\u0034", "1.5"]
+)  # fmt: skip
+FRAGMENT_TEXTS = st.lists(FRAGMENTS, max_size=16).map("".join)
+
+
+def test_the_pre_check_never_skips_a_text_the_detectors_would_change() -> None:
+    seen: collections.Counter[str] = collections.Counter()
+
+    @settings(max_examples=3000, deadline=None, database=None)
+    @given(FRAGMENT_TEXTS)
+    @example("pin=4")  # both skipped by the pre-check as it was (8 characters, 2 digits)
+    @example("4-1-1-1-1-1-1-1-1-1-1-1-1-1-1-1")
+    def never_skips(text: str) -> None:
+        hits: list[str] = []
+        out = mask_all(text, hits)
+        if not may_hold_secret(text):
+            assert (out, hits) == (text, []), text
+            seen["skipped"] += 1
+        else:
+            seen["masked" if hits else "scanned, nothing found"] += 1
+
+    never_skips()
+    assert min(seen.values()) >= 200, seen
+
+
+JSON_KEYS = st.one_of(FRAGMENT_TEXTS, st.sampled_from(["ok", "mfa", "note", "Card", "pass"]))
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**20), 10**20),
+        st.integers(0, 999),
+        FRAGMENT_TEXTS,
+        st.text(st.sampled_from("ab "), min_size=250, max_size=270),  # cut at 256
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(JSON_KEYS, inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def test_a_json_text_written_as_it_is_holds_nothing_the_masker_would_change() -> None:
+    """`Masker.tree_text` writes a context or entities text as sent when one pass over
+    it (`json_may_hold_secret`) finds nothing: the full walk over such a text must change
+    nothing either, whatever the spelling (escapes, indentation)."""
+    seen: collections.Counter[str] = collections.Counter()
+
+    @settings(max_examples=2000, deadline=None, database=None)
+    @given(st.dictionaries(JSON_KEYS, JSON_VALUES, max_size=4), st.booleans(), st.booleans())
+    def never_skips(tree: dict[str, Any], ascii_only: bool, indent: bool) -> None:
+        text = json.dumps(tree, ensure_ascii=ascii_only, indent=1 if indent else None)
+        stats = Stats()
+        walked = Masker().tree("context", json.loads(text), stats, 1 << 20)
+        if not json_may_hold_secret(text):
+            assert (walked, stats) == (json.loads(text), Stats()), text
+            seen["skipped"] += 1
+        else:
+            seen["masked" if stats.masked else "cut" if stats.truncated else "walked"] += 1
+
+    never_skips()
+    assert min(seen.values()) >= 50, seen
+
+
+def test_short_secret_pairs_and_card_numbers_in_single_digits_are_masked(bundle: Path) -> None:
+    pan = "4-1-1-1-1-1-1-1-1-1-1-1-1-1-1-1"
+    with serve(bundle) as srv, srv.channel() as ch:
+        srv.stub(ch).Check(check(context={"note": "pin=4"}, resource=("Thing", pan)))
+    (record,) = records(srv.lines)
+    assert record["context"] == {"note": "pin=<masked:secret>"}
+    assert record["resource"] == {"type": "Thing", "id": "<masked:pan>"}
+    assert record["masked"] == 2 and pan not in srv.log()
