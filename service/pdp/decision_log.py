@@ -299,6 +299,9 @@ class DecisionLogger:
             self._wake.wait(DRAIN_INTERVAL_SECONDS)
 
     def _drain(self) -> None:
+        """Write what is queued, then flush once: a flush per call was a write(2) per Check.
+        Records count as written only once flushed (a failed flush drops them all)."""
+        done: list[tuple[int, int]] = []  # (written, records) of each call since the flush
         while self._queue:
             call, records, size = self._queue.popleft()
             written = 0
@@ -306,16 +309,29 @@ class DecisionLogger:
                 for line in self._lines(call):
                     self._sink.write(line)
                     written += 1
-                self._sink.flush()
             except Exception as exc:  # noqa: BLE001 - a failing sink must not stop the writer
-                # Only the exception's type: its message or traceback could quote the very
-                # request values the records mask.
-                log.error("decision log: writing failed (%s); records dropped", type(exc).__name__)
+                self._failed(exc)
+            done.append((written, records))
             with self._lock:
-                self.written += written
-                self.dropped += records - written
                 self._queued_records -= records
                 self._queued_bytes -= size
+        if not done:
+            return
+        try:
+            self._sink.flush()
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+            done = [(0, records) for _, records in done]
+        written = sum(w for w, _ in done)
+        with self._lock:
+            self.written += written
+            self.dropped += sum(r for _, r in done) - written
+
+    @staticmethod
+    def _failed(exc: Exception) -> None:
+        # Only the exception's type: its message or traceback could quote the very request
+        # values the records mask.
+        log.error("decision log: writing failed (%s); records dropped", type(exc).__name__)
 
     def _lines(self, call: _Call) -> Iterable[str]:
         memo = _Memo()  # batch items share contexts and entities

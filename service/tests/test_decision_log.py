@@ -991,3 +991,31 @@ def test_short_secret_pairs_and_card_numbers_in_single_digits_are_masked(bundle:
     assert record["context"] == {"note": "pin=<masked:secret>"}
     assert record["resource"] == {"type": "Thing", "id": "<masked:pan>"}
     assert record["masked"] == 2 and pan not in srv.log()
+
+
+class CountingSink(GateSink):
+    def __init__(self, fail_flush: bool = False) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.fail_flush = fail_flush
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.fail_flush:
+            raise OSError("No space left on device")
+
+
+@pytest.mark.parametrize("fail_flush", [False, True])
+def test_the_writer_flushes_once_per_drain_and_counts_only_what_was_flushed(
+    fail_flush: bool,
+) -> None:
+    sink = CountingSink(fail_flush)
+    logger = DecisionLogger(sink, queue_size=100)
+    req = CheckInput(EntityRef("User", "u"), EntityRef("Action", "a"), EntityRef("Thing", "t"))
+    for i in range(40):  # queued behind the first, whose write waits for the gate
+        logger.check("t", req, result(i), time.perf_counter(), None)
+    sink.open.set()
+    logger.close()
+    assert len(sink.lines) == 40
+    assert sink.flushes <= 3  # one per drain (a flush per call was 40)
+    assert (logger.written, logger.dropped) == ((0, 40) if fail_flush else (40, 0))
