@@ -17,7 +17,6 @@ rounds; a relative A/B measure.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import tempfile
@@ -49,7 +48,7 @@ class Context:
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("traceparent", TRACEPARENT),)
 
-    async def abort(self, code: Any, details: str) -> None:
+    def abort(self, code: Any, details: str) -> None:
         raise AssertionError(f"servicer aborted: {code} {details}")
 
 
@@ -60,20 +59,16 @@ def run_round(
     wire = shape.message.SerializeToString()
     request_type = type(shape.message)
     ctx = Context()
-    loop = asyncio.new_event_loop()
     lat: list[float] = []
-    try:
-        start = time.process_time()
-        for _ in range(calls):
-            t = time.perf_counter()
-            request = request_type.FromString(wire)
-            loop.run_until_complete(method(request, ctx)).SerializeToString()
-            lat.append(time.perf_counter() - t)
-        while logger is not None and logger.queued:
-            time.sleep(0.01)  # the writer drains on its own schedule; sleeping costs no CPU
-        return calls / (time.process_time() - start), lat
-    finally:
-        loop.close()
+    start = time.process_time()
+    for _ in range(calls):
+        t = time.perf_counter()
+        request = request_type.FromString(wire)
+        method(request, ctx).SerializeToString()
+        lat.append(time.perf_counter() - t)
+    while logger is not None and logger.queued:
+        time.sleep(0.01)  # the writer drains on its own schedule; sleeping costs no CPU
+    return calls / (time.process_time() - start), lat
 
 
 def main() -> int:

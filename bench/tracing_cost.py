@@ -25,7 +25,6 @@ no-op hooks of an untraced call are timed alone (what "off" adds to the code bef
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import time
@@ -74,7 +73,7 @@ class EncodingExporter(SpanExporter):
 
 
 class Context:
-    """What the servicer reads of a grpc.aio context on a good call: metadata only."""
+    """What the servicer reads of a grpc context on a good call."""
 
     def __init__(self) -> None:
         self.metadata: tuple[tuple[str, str], ...] = ()
@@ -82,7 +81,10 @@ class Context:
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self.metadata
 
-    async def abort(self, code: Any, details: str) -> None:
+    def time_remaining(self) -> float | None:
+        return None  # no deadline
+
+    def abort(self, code: Any, details: str) -> None:
         raise AssertionError(f"servicer aborted: {code} {details}")
 
 
@@ -119,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
             tracings[name] = Tracing(config.provider([exporters[name]]))
         else:
             tracings[name] = config.start()
-    loop = asyncio.new_event_loop()
     ctx = Context()
     print(
         f"{'shape':8} {'variant':8} {'median µs':>10} {'vs off':>8} {'mean µs':>10} {'vs off':>8}"
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, t in tracings.items()
         }
         for m in methods.values():  # warm up, and check the decisions once
-            out = loop.run_until_complete(m(request_type.FromString(wire), ctx))
+            out = m(request_type.FromString(wire), ctx)
             assert s.decode_decisions(out.SerializeToString()) == s.expected
         per_call: dict[str, list[float]] = {name: [] for name in methods}
         names = list(methods)
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 method = methods[name]
                 request = request_type.FromString(wire)
                 start = time.perf_counter()
-                loop.run_until_complete(method(request, ctx)).SerializeToString()
+                method(request, ctx).SerializeToString()
                 per_call[name].append((time.perf_counter() - start) * 1e6)
         off = statistics.median(per_call["off"])
         off_mean = statistics.fmean(per_call["off"])
@@ -155,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{shape_name:8} {name:8} {med:10.1f} {med / off - 1:+8.1%}"
                 f" {mean:10.1f} {mean / off_mean - 1:+8.1%}"
             )
-    loop.close()
     for t in tracings.values():
         t.shutdown(timeout=10)  # so the exporters have seen every span
     for name, e in exporters.items():

@@ -47,6 +47,17 @@ CLOSE_TIMEOUT_SECONDS = 30.0
 # The writer wakes this often, or when a quarter of the queue is full: waking per record
 # would cost a thread switch (and a GIL hand-off) per decision.
 DRAIN_INTERVAL_SECONDS = 0.1
+# Masked uids and policy versions as JSON, kept across calls (the same principals, actions
+# and bundles recur); cleared when full, so at most this many (each a few hundred bytes).
+PARTS_CACHE_ENTRIES = 1024
+
+# The encoders json.dumps uses, without building an encoder per call: a string as
+# `json.dumps(s)` writes it, a tree as `json.dumps(t, separators=(",", ":"))` does.
+_json_str = json.encoder.encode_basestring_ascii
+_json_compact = json.JSONEncoder(separators=(",", ":")).encode
+# A string every character of which is written as itself (printable ASCII, no quote or
+# backslash): its JSON size is its length.
+_PLAIN = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
 Metadata = Iterable[tuple[str, str | bytes]]
 
@@ -188,6 +199,7 @@ class DecisionLogger:
         self._allow_rate = allow_sample_rate
         self._deny_rate = deny_sample_rate
         self._include_context = include_context
+        self._parts = _Parts()  # the writer thread's own
         self._queue: collections.deque[tuple[_Call, int, int]] = collections.deque()
         self._lock = threading.Lock()
         self._queued_records = 0
@@ -287,6 +299,9 @@ class DecisionLogger:
             self._wake.wait(DRAIN_INTERVAL_SECONDS)
 
     def _drain(self) -> None:
+        """Write what is queued, then flush once: a flush per call was a write(2) per Check.
+        Records count as written only once flushed (a failed flush drops them all)."""
+        done: list[tuple[int, int]] = []  # (written, records) of each call since the flush
         while self._queue:
             call, records, size = self._queue.popleft()
             written = 0
@@ -294,26 +309,40 @@ class DecisionLogger:
                 for line in self._lines(call):
                     self._sink.write(line)
                     written += 1
-                self._sink.flush()
             except Exception as exc:  # noqa: BLE001 - a failing sink must not stop the writer
-                # Only the exception's type: its message or traceback could quote the very
-                # request values the records mask.
-                log.error("decision log: writing failed (%s); records dropped", type(exc).__name__)
+                self._failed(exc)
+            done.append((written, records))
             with self._lock:
-                self.written += written
-                self.dropped += records - written
                 self._queued_records -= records
                 self._queued_bytes -= size
+        if not done:
+            return
+        try:
+            self._sink.flush()
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+            done = [(0, records) for _, records in done]
+        written = sum(w for w, _ in done)
+        with self._lock:
+            self.written += written
+            self.dropped += sum(r for _, r in done) - written
+
+    @staticmethod
+    def _failed(exc: Exception) -> None:
+        # Only the exception's type: its message or traceback could quote the very request
+        # values the records mask.
+        log.error("decision log: writing failed (%s); records dropped", type(exc).__name__)
 
     def _lines(self, call: _Call) -> Iterable[str]:
-        memo = _Memo()  # batch items share contexts, entities and often their uids
-        trace = json.dumps(parse_traceparent(call.traceparents))
+        memo = _Memo()  # batch items share contexts and entities
+        trace = parse_traceparent(call.traceparents)
+        trace_json = "null" if trace is None else _json_str(trace)
         stamp = datetime.fromtimestamp(call.time, UTC).isoformat(timespec="microseconds")
         # Everything but the decision's own fields is the call's: serialised once.
         common = (
             f'"time":"{stamp.replace("+00:00", "Z")}"',
-            f'"tenant":{json.dumps(call.tenant)}',
-            f'"latency_us":{call.latency_us},"trace_id":{trace}',
+            f'"tenant":{_json_str(call.tenant)}',
+            f'"latency_us":{call.latency_us},"trace_id":{trace_json}',
         )
         indices = range(len(call.results)) if call.indices is None else call.indices
         for i in indices:
@@ -325,7 +354,7 @@ class DecisionLogger:
     def _record(self, call: _Call, i: int, memo: _Memo, common: tuple[str, str, str]) -> str:
         req, res = call.inputs[i], call.results[i]
         stats = Stats()
-        m = self._masker
+        m, parts = self._masker, self._parts
         errors = [
             {"policy_id": e.policy_id, "message": m.text(e.message, stats, "errors", MAX_MESSAGE)}
             for e in res.errors
@@ -339,19 +368,19 @@ class DecisionLogger:
                 entities = self._tree(memo, "entities", ents.json, stats)
         time_, tenant, timing = common
         line = (
-            f'{{"v":{RECORD_VERSION},{time_},"decision_id":{json.dumps(res.decision_id)},'
-            f'{tenant},"principal":{memo.entity(m, req.principal, stats, "principal")},'
-            f'"action":{memo.entity(m, req.action, stats, "action")},'
-            f'"resource":{memo.entity(m, req.resource, stats, "resource")},'
+            f'{{"v":{RECORD_VERSION},{time_},"decision_id":{_json_str(res.decision_id)},'
+            f'{tenant},"principal":{parts.entity(m, req.principal, stats, "principal")},'
+            f'"action":{parts.entity(m, req.action, stats, "action")},'
+            f'"resource":{parts.entity(m, req.resource, stats, "resource")},'
             f'"decision":"{res.decision.value}",'
-            f'"determining_policies":{json.dumps(list(res.determining_policies))},'
-            f'"errors":{json.dumps(errors, separators=(",", ":")) if errors else "[]"},'
-            f'"policy_version":{memo.version(res.version)},'
+            f'"determining_policies":{_json_strs(res.determining_policies)},'
+            f'"errors":{_json_compact(errors) if errors else "[]"},'
+            f'"policy_version":{parts.version(res.version)},'
             f'"cache_hit":{"true" if res.cache_hit else "false"},'
-            f'"reason":{json.dumps(_fit(res.reason, stats, "reason", MAX_MESSAGE))},'
+            f'"reason":{_json_str(_fit(res.reason, stats, "reason", MAX_MESSAGE))},'
             f'{timing},"batch":{batch},'
             f'"context":{context},"entities":{entities},"masked":{stats.masked},'
-            f'"truncated":{json.dumps(sorted(stats.truncated)) if stats.truncated else "[]"}}}'
+            f'"truncated":{_json_strs(sorted(stats.truncated))}}}'
         )
         if len(line) <= self._max_record_bytes:  # ASCII: characters are bytes
             return line
@@ -368,7 +397,7 @@ class DecisionLogger:
                     out = self._masker.tree_text(root, value, own, budget)
                 else:
                     tree = self._masker.tree(root, value, own, budget)
-                    out = json.dumps(tree, separators=(",", ":"))
+                    out = _json_compact(tree)
             except (OverBudget, ValueError):  # ValueError: not JSON (the engine refused it)
                 out = "null"
                 own.truncated.add(root)
@@ -409,31 +438,52 @@ class DecisionLogger:
 
 
 class _Memo:
-    """What the records of one call share, as JSON text: masked trees (by object), masked
-    uids and policy versions."""
+    """The masked trees the records of one call share, as JSON text (by object)."""
 
     def __init__(self) -> None:
         self.trees: dict[int, tuple[str, Stats]] = {}
+
+
+class _Parts:
+    """Parts of records that recur across calls, as JSON text, built once: masked uids
+    (by field, type and id) and policy versions. Bounded (PARTS_CACHE_ENTRIES each) and
+    used by the writer thread alone; it holds only what records may hold (masked text)."""
+
+    def __init__(self) -> None:
         self._uids: dict[tuple[str, str, str], tuple[str, Stats]] = {}
         self._versions: dict[BundleVersion, str] = {}
 
     def entity(self, m: Masker, ref: EntityRef, stats: Stats, where: str) -> str:
         key = (where, ref.type, ref.id)
-        if key not in self._uids:
+        known = self._uids.get(key)
+        if known is None:
             own = Stats()
-            uid = {"type": _fit(m.text(ref.type, own, where), own, where),
-                   "id": _fit(m.text(ref.id, own, where), own, where)}  # fmt: skip
-            self._uids[key] = (json.dumps(uid, separators=(",", ":")), own)
-        out, own = self._uids[key]
-        stats.masked += own.masked
-        stats.truncated |= own.truncated
+            type_ = _fit(m.text(ref.type, own, where), own, where)
+            id_ = _fit(m.text(ref.id, own, where), own, where)
+            known = (f'{{"type":{_json_str(type_)},"id":{_json_str(id_)}}}', own)
+            if len(self._uids) >= PARTS_CACHE_ENTRIES:
+                self._uids.clear()
+            self._uids[key] = known
+        out, own = known
+        if own.masked or own.truncated:
+            stats.masked += own.masked
+            stats.truncated |= own.truncated
         return out
 
     def version(self, v: BundleVersion) -> str:
-        if v not in self._versions:
+        known = self._versions.get(v)
+        if known is None:
             fields = {"bundle": v.name, "version": v.version, "digest": v.digest}
-            self._versions[v] = json.dumps(fields, separators=(",", ":"))
-        return self._versions[v]
+            known = _json_compact(fields)
+            if len(self._versions) >= PARTS_CACHE_ENTRIES:
+                self._versions.clear()
+            self._versions[v] = known
+        return known
+
+
+def _json_strs(items: Iterable[str]) -> str:
+    """A list of strings as `json.dumps(list(items))` writes it."""
+    return f"[{', '.join(map(_json_str, items))}]"
 
 
 def _escaped_bytes(ch: str) -> int:
@@ -447,6 +497,15 @@ def _escaped_bytes(ch: str) -> int:
 def _fit(text: str, stats: Stats, where: str, limit: int = MAX_VALUE_CHARS) -> str:
     """`text` cut to at most `limit` bytes as written in JSON: cutting by characters lets an
     astral character (a 12-byte escape) make a 256-character id 3 KB."""
+    # Most ids fit as they are, which their length alone (no character is written in more
+    # than 12 bytes) or one regex pass (every character one byte) shows.
+    if len(text) * 12 <= limit or (len(text) <= limit and _PLAIN.fullmatch(text)):
+        return text
+    return _cut(text, stats, where, limit)
+
+
+def _cut(text: str, stats: Stats, where: str, limit: int) -> str:
+    """`_fit` character by character."""
     size = 0
     for i, ch in enumerate(text):
         size += _escaped_bytes(ch)

@@ -82,7 +82,10 @@ _PAIR = re.compile(
 # A secret value runs to a delimiter of a pair list or a query string, plain or URL-encoded.
 _PAIR_VALUE = re.compile(r"(?:[^\s&;,\"'<>%]|%(?!(?i:2[026-7c]|3b))[0-9A-Fa-f]{0,2})+")
 # What every match above needs somewhere: most strings (ids, names) have none of it.
-_GATE = re.compile(r"[0-9]{2}|e[w-z0-9_-]|(?i:bearer|basic)|[=:%]")
+# Two digits, maybe with a separator between (a card number may be written `4-1-1-1-...`),
+# and at least 5 characters (`pin=4`: the shortest secret name, a separator, a value).
+MIN_SECRET_CHARS = 5
+_GATE = re.compile(r"[0-9][ -]?[0-9]|e[w-z0-9_-]|(?i:bearer|basic)|[=:%]")
 # The same over a whole JSON text, plus what it cannot see through: an escape (`\u0034` is a
 # digit), a string that may need cutting (a long run without a quote), any key or text that
 # may name a secret once lower-cased and stripped to letters and digits.
@@ -252,6 +255,19 @@ def _mask_pairs(text: str, hits: list[str]) -> str:
 def mask_text(text: str, hits: list[str]) -> str:
     """`text` with every card number, IBAN, JWT and Bearer/Basic credential masked; the
     kind of each mask is appended to `hits`."""
+    if not may_hold_secret(text):
+        return text
+    return mask_all(text, hits)
+
+
+def may_hold_secret(text: str) -> bool:
+    """False only for a text no detector of `mask_all` could match: the fast pre-check
+    (most ids and names have nothing any detector needs)."""
+    return len(text) >= MIN_SECRET_CHARS and _GATE.search(text) is not None
+
+
+def mask_all(text: str, hits: list[str]) -> str:
+    """`mask_text` without its pre-check: every detector run over `text`."""
 
     def sub(kind: str) -> Any:
         def replace(m: re.Match[str]) -> str:
@@ -262,13 +278,20 @@ def mask_text(text: str, hits: list[str]) -> str:
 
         return replace
 
-    if len(text) < 8 or not _GATE.search(text):
-        return text
     text = _JWT.sub(sub("jwt"), text)
     text = _AUTH.sub(sub("bearer"), text)
     text = _mask_pairs(text, hits)
     text = _mask_ibans(text, hits)
     return _DIGIT_RUN.sub(sub("pan"), text)
+
+
+def json_may_hold_secret(text: str) -> bool:
+    """False only for a JSON text in which no value or key is one `Masker.tree` would
+    change (mask, drop or cut): the pre-check that writes such a text as it is."""
+    return (
+        _RAW_GATE.search(text) is not None
+        or _RAW_SECRET.search(_NOT_ALNUM.sub("", text.lower())) is not None
+    )
 
 
 def parse_path(path: str) -> tuple[str, ...]:
@@ -312,7 +335,7 @@ class Masker:
 
     def text(self, value: str, stats: Stats, where: str, limit: int = MAX_VALUE_CHARS) -> str:
         """A caller-controlled string, masked and cut to `limit` characters."""
-        if len(value) <= limit and (len(value) < 8 or not _GATE.search(value)):
+        if len(value) <= limit and not may_hold_secret(value):
             return value  # the common case: nothing any detector could match
         hits: list[str] = []
         out = mask_text(value[: limit + _STRADDLE], hits)
@@ -329,12 +352,7 @@ class Masker:
         clean = self._clean.get(text)
         if clean is not None:
             return clean
-        if (
-            len(text) <= budget
-            and not self._rules[root]
-            and not _RAW_GATE.search(text)
-            and not _RAW_SECRET.search(_NOT_ALNUM.sub("", text.lower()))
-        ):
+        if len(text) <= budget and not self._rules[root] and not json_may_hold_secret(text):
             line = text
             if _JSON_LINE.search(text):
                 line = json.dumps(json.loads(text), separators=(",", ":"))

@@ -16,12 +16,13 @@ value is a shared-memory file) and the supervisor serves one scrape summing them
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cedarpy
@@ -34,7 +35,7 @@ from prometheus_client import (
 )
 
 from pdp.bundle import Bundle
-from pdp.model import DEFAULT_TENANT, CheckInput, CheckResult, EntityRef
+from pdp.model import DEFAULT_TENANT, CheckInput, CheckResult, Decision, EntityRef
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The label value for a tenant or action outside the loaded bundles. A tenant name must
@@ -73,6 +74,32 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 class _Tenant:
     version: tuple[str, str, str]  # the bundle_info labels being exported
     actions: Mapping[EntityRef, str]
+    # The decision counter's child of each (declared action, decision) decided so far:
+    # one lookup a decision; bounded by the schema's actions (others are not kept here).
+    children: dict[tuple[EntityRef, Decision], Any] = field(default_factory=dict)
+
+
+class _Timing:
+    """A histogram child's `observe` by bisection: prometheus-client walks its 26 buckets
+    in Python (~1.5 us a call). The same bucket and sum are incremented (the first bucket
+    whose bound is >= the amount, as `Histogram.observe` picks; `test_metrics` pins this
+    against the locked prometheus-client); anything but a number >= 0 goes to the
+    library's own `observe`."""
+
+    __slots__ = ("_child", "_bounds", "_buckets", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+        self._bounds = tuple(child._upper_bounds)
+        self._buckets = child._buckets
+        self._sum = child._sum
+
+    def observe(self, amount: float) -> None:
+        if not amount >= 0.0:  # NaN (and negative amounts: rare, the library's path)
+            self._child.observe(amount)
+            return
+        self._sum.inc(amount)
+        self._buckets[bisect.bisect_left(self._bounds, amount)].inc(1)
 
 
 class Metrics:
@@ -169,26 +196,38 @@ class Metrics:
         )
         self._tenants: dict[str, _Tenant] = {}  # replaced whole, read without a lock
         self._children: dict[tuple[str, str, str], Any] = {}  # bounded: labels are bounded
-        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._rpc_children: dict[tuple[str, str], tuple[Any, _Timing]] = {}
         self._lock = threading.Lock()  # reload hooks vs. each other
         self._sources: list[_ObjectCounters] = []
 
     # ------------------------------------------------------------------ request path --
     def decided(self, tenant: str, request: CheckInput, result: CheckResult) -> None:
         known = self._tenants.get(tenant or DEFAULT_TENANT)
-        self._child(self._key(known, tenant, request, result)).inc()
+        self._decision_child(known, tenant, request, result).inc()
 
     def decided_batch(
         self, tenant: str, requests: Sequence[CheckInput], results: Sequence[CheckResult]
     ) -> None:
         known = self._tenants.get(tenant or DEFAULT_TENANT)
-        counts: dict[tuple[str, str, str], int] = {}  # one `inc` per label set, not per item
+        counts: dict[Any, int] = {}  # one `inc` per label set, not per item
         for request, result in zip(requests, results, strict=True):
-            key = self._key(known, tenant, request, result)
-            counts[key] = counts.get(key, 0) + 1
-        for key, n in counts.items():
-            self._child(key).inc(n)
+            child = self._decision_child(known, tenant, request, result)
+            counts[child] = counts.get(child, 0) + 1
+        for child, n in counts.items():
+            child.inc(n)
         self.batch_items.observe(len(requests))
+
+    def _decision_child(
+        self, known: _Tenant | None, tenant: str, request: CheckInput, result: CheckResult
+    ) -> Any:
+        if known is None:
+            return self._child((OTHER, OTHER, result.decision.value))
+        child = known.children.get((request.action, result.decision))
+        if child is None:
+            child = self._child(self._key(known, tenant, request, result))
+            if request.action in known.actions:  # a caller's made-up action is not kept
+                known.children[(request.action, result.decision)] = child
+        return child
 
     @staticmethod
     def _key(
@@ -209,7 +248,7 @@ class Metrics:
         """One RPC finished: `method` is the servicer method, `code` a grpc.StatusCode name."""
         children = self._rpc_children.get((method, code))
         if children is None:  # bounded: methods x status codes
-            children = (self.handled.labels(method, code), self.handling.labels(method))
+            children = (self.handled.labels(method, code), _Timing(self.handling.labels(method)))
             self._rpc_children[(method, code)] = children
         children[0].inc()
         children[1].observe(seconds)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from contextvars import Token
 from dataclasses import dataclass
 from types import TracebackType
@@ -36,8 +37,10 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -148,7 +151,15 @@ class Tracing:
     def __init__(self, provider: TracerProvider | None) -> None:
         self._provider = provider
         self._tracer = provider.get_tracer("pdp") if provider is not None else None
-        self._rpc_attributes: dict[str, dict[str, str]] = {}
+        # The SDK's own sampler, asked before any span is built (`rpc`); None when the
+        # tracer is not the SDK's (a disabled SDK hands out a no-op tracer).
+        self._sampler: Sampler | None = None
+        self._ids: _HandedIds | None = None
+        if isinstance(self._tracer, SdkTracer):
+            self._sampler = self._tracer.sampler
+            self._ids = _HandedIds(self._tracer.id_generator)
+            self._tracer.id_generator = self._ids
+        self._rpc_attributes: dict[str, tuple[str, dict[str, str]]] = {}
         # The metadata keys the propagators read (OTEL_PROPAGATORS; by default traceparent,
         # tracestate, baggage): a call with none of them starts a new trace unparsed.
         self._fields = frozenset(propagate.get_global_textmap().fields)
@@ -162,15 +173,41 @@ class Tracing:
         return self._tracer is not None
 
     def rpc(self, method: str, context: HasMetadata) -> RpcSpan:
-        """The SERVER span of one call of `method` (e.g. "Check"), current while open if sampled."""
-        if self._tracer is None:
+        """The SERVER span of one call of `method` (e.g. "Check"), current while open if
+        sampled. A call the sampler drops gets the shared no-op span: the sampler is asked
+        first, with the trace id `start_span` would use, so nothing is built for it."""
+        tracer = self._tracer
+        if tracer is None:
             return NO_SPAN
-        attributes = self._rpc_attributes.get(method)
-        if attributes is None:
-            attributes = self._rpc_attributes.setdefault(
-                method, {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}
+        named = self._rpc_attributes.get(method)
+        if named is None:
+            named = self._rpc_attributes.setdefault(
+                method,
+                (
+                    f"{SERVICE}/{method}",
+                    {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
+                ),
             )
-        return _RpcSpan(self._tracer, self._fields, method, attributes, context)
+        name, attributes = named
+        metadata = context.invocation_metadata() or ()
+        parent = None  # a new trace, unless the caller sent its context (W3C traceparent)
+        if any(key in self._fields for key, _ in metadata):
+            parent = propagate.extract(tuple(metadata), getter=_GETTER)
+        handed = None
+        if self._sampler is not None and self._ids is not None:
+            # What `start_span` does before it builds anything: the parent's trace id, or
+            # a new one (handed on to `start_span` if sampled), then the sampler's verdict.
+            parent_span = trace.get_current_span(parent).get_span_context()
+            if parent_span.is_valid:
+                trace_id = parent_span.trace_id
+            else:
+                trace_id = handed = self._ids.new_trace_id()
+            verdict = self._sampler.should_sample(
+                parent, trace_id, name, SpanKind.SERVER, attributes, ()
+            )
+            if not verdict.decision.is_recording():  # type: ignore[no-untyped-call]
+                return NO_SPAN
+        return _RpcSpan(tracer, self._ids, name, attributes, parent, handed)
 
     def decision(self, tenant: str, *, batch: bool = False) -> DecisionSpan:
         """The INTERNAL span of one decision (or one batch), a child of the current span."""
@@ -209,42 +246,68 @@ class _MetadataGetter(Getter[Iterable[tuple[str, Any]]]):
 _GETTER = _MetadataGetter()
 
 
+class _HandedIds(IdGenerator):
+    """The tracer's id generator, able to hand `start_span` the trace id the sampler was
+    already asked about (`Tracing.rpc`), so the SDK's second verdict is on the same id."""
+
+    def __init__(self, ids: IdGenerator) -> None:
+        self._ids = ids
+        self._handed = threading.local()  # a call's hook runs on one thread, no await
+
+    def new_trace_id(self) -> int:
+        return self._ids.generate_trace_id()
+
+    @contextmanager
+    def handing(self, trace_id: int | None) -> Iterator[None]:
+        self._handed.trace_id = trace_id
+        try:
+            yield
+        finally:
+            self._handed.trace_id = None
+
+    def generate_trace_id(self) -> int:
+        handed: int | None = getattr(self._handed, "trace_id", None)
+        if handed is None:
+            return self._ids.generate_trace_id()
+        self._handed.trace_id = None
+        return handed
+
+    def generate_span_id(self) -> int:
+        return self._ids.generate_span_id()
+
+    def is_trace_id_random(self) -> bool:
+        return self._ids.is_trace_id_random()
+
+
 class _RpcSpan:
-    __slots__ = (
-        "_tracer",
-        "_fields",
-        "_method",
-        "_attributes",
-        "_context",
-        "_span",
-        "_token",
-        "_code",
-    )
+    __slots__ = ("_tracer", "_ids", "_name", "_attributes", "_parent", "_handed", "_span",
+                 "_token", "_code")  # fmt: skip
     _token: Token[Context] | None
 
     def __init__(
         self,
         tracer: trace.Tracer,
-        fields: frozenset[str],
-        method: str,
+        ids: _HandedIds | None,
+        name: str,
         attributes: Mapping[str, str],
-        context: HasMetadata,
+        parent: Context | None,
+        handed: int | None,
     ) -> None:
         self._tracer = tracer
-        self._fields = fields
-        self._method = method
+        self._ids = ids
+        self._name = name
         self._attributes = attributes
-        self._context = context
+        self._parent = parent
+        self._handed = handed
         self._code = grpc.StatusCode.OK
 
     def __enter__(self) -> _RpcSpan:
-        metadata = tuple(self._context.invocation_metadata() or ())
-        parent = None  # a new trace, unless the caller sent its context (W3C traceparent)
-        if any(key in self._fields for key, _ in metadata):
-            parent = propagate.extract(metadata, getter=_GETTER)
-        span = self._tracer.start_span(
-            f"{SERVICE}/{self._method}", parent, SpanKind.SERVER, self._attributes
-        )
+        parent = self._parent
+        if self._ids is None:
+            span = self._start()
+        else:
+            with self._ids.handing(self._handed):
+                span = self._start()
         self._span = span
         # A dropped span is not made current: the decision hook then knows at once that
         # there is nothing to record (the PDP makes no outgoing call to propagate it to).
@@ -254,6 +317,9 @@ class _RpcSpan:
             else None
         )
         return self
+
+    def _start(self) -> trace.Span:
+        return self._tracer.start_span(self._name, self._parent, SpanKind.SERVER, self._attributes)
 
     def status(self, code: grpc.StatusCode) -> None:
         self._code = code

@@ -18,13 +18,29 @@ from typing import Any
 
 import jsonschema
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import value_pb2 as vpb
-from pdp.decision_log import DecisionLogger, trace_id
-from pdp.masking import is_card_number, mask_text
+from pdp.decision_log import (
+    DecisionLogger,
+    _cut,
+    _fit,
+    _json_compact,
+    _json_str,
+    _json_strs,
+    trace_id,
+)
+from pdp.masking import (
+    Masker,
+    Stats,
+    is_card_number,
+    json_may_hold_secret,
+    mask_all,
+    mask_text,
+    may_hold_secret,
+)
 from pdp.model import BundleVersion, CheckInput, CheckResult, Decision, EntityRef
 
 from .support import REPO, ServerProcess, pdp_command, running_server
@@ -824,3 +840,182 @@ def test_secrets_spelled_with_json_escapes_are_masked_too(bundle: Path) -> None:
     }
     assert second["context"] == {"ok": "plain"} and second["masked"] == 0
     assert pan not in srv.log() and "hunter22" not in srv.log()
+
+
+# -- the writer's fast paths ----------------------------------------------------------
+
+# Characters that take 1, 2, 6 and 12 bytes in JSON, weighted towards plain ones.
+JSON_CHARS = st.one_of(
+    st.sampled_from(string.ascii_letters + string.digits + " -_.:/"),
+    st.sampled_from('"\\\b\f\n\r\t\x00\x1f\x7f'),
+    st.characters(min_codepoint=0x80, max_codepoint=0xFFFF, exclude_categories=("Cs",)),
+    st.characters(min_codepoint=0x10000, max_codepoint=0x10FFFF),
+)
+
+
+def test_fitting_an_id_agrees_with_cutting_it_character_by_character() -> None:
+    """`_fit` skips the per-character walk when the length alone or one regex pass shows
+    the text fits: for any text and bound it returns what the walk returns, and records the
+    same cut."""
+    seen: collections.Counter[str] = collections.Counter()
+
+    @settings(max_examples=1500, deadline=None, database=None)
+    @given(
+        st.one_of(
+            st.text(JSON_CHARS, max_size=40),
+            st.text(st.sampled_from(string.ascii_letters), min_size=240, max_size=270),
+            st.text(JSON_CHARS, min_size=200, max_size=300),
+        ),
+        st.sampled_from([8, 21, 24, 64, 256, 1024]),
+    )
+    def agree(text: str, limit: int) -> None:
+        fast, walked = Stats(), Stats()
+        out = _fit(text, fast, "id", limit)
+        assert out == _cut(text, walked, "id", limit)
+        assert fast == walked
+        seen["cut" if walked.truncated else "whole"] += 1
+        seen["short" if len(text) * 12 <= limit else "plain" if text.isascii() else "other"] += 1
+
+    agree()
+    assert min(seen.values()) >= 50, seen
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.lists(st.text(JSON_CHARS, max_size=30), max_size=5))
+def test_the_writers_encoders_write_what_json_dumps_writes(texts: list[str]) -> None:
+    assert _json_strs(texts) == json.dumps(texts)
+    for text in texts:
+        assert _json_str(text) == json.dumps(text)
+    tree = {"errors": [{"policy_id": t, "message": t} for t in texts]}
+    assert _json_compact(tree) == json.dumps(tree, separators=(",", ":"))
+
+
+def test_uids_kept_across_calls_are_masked_and_counted_in_every_record(bundle: Path) -> None:
+    """The writer keeps masked uids from call to call: a later record with the same ids
+    still counts what was masked and names what was cut."""
+    pan = "4111 1111 1111 1111"
+    req = check(principal=("User", pan), resource=("Thing", "t" * 400))
+    with serve(bundle) as srv, srv.channel() as ch:
+        stub = srv.stub(ch)
+        for _ in range(3):
+            stub.Check(req)
+        stub.Check(check())
+    *same, plain = records(srv.lines)
+    assert len(same) == 3
+    for r in same:
+        assert r["principal"] == {"type": "User", "id": "<masked:pan>"}
+        assert r["resource"]["id"] == "t" * 256 + "…"
+        assert (r["masked"], r["truncated"]) == (1, ["resource"])
+    assert plain["principal"]["id"] == "bob" and (plain["masked"], plain["truncated"]) == (0, [])
+    assert pan not in srv.log()
+
+
+# -- the masker's pre-checks ----------------------------------------------------------
+
+# Pieces of what the detectors look for (digits and separators of card numbers, IBAN
+# starts, secret names and pair separators plain and URL-encoded, JWT and credential
+# prefixes) and of what they do not, glued in any order.
+FRAGMENTS = st.sampled_from(
+    ["4", "1", "0", "7", " ", "-", "4111", "1111", "pin", "pwd", "cvv", "key", "Otp", "=",
+     ":", "%3d", "%3A", "%20", '"', "'", "bearer ", "Basic ", "eyJ", "hbGciOiJIUzI1", ".",
+     "_", "DE89", "3704", "0044", "0532", "0130", "00", "GB", "a", "Z", "x9", "\t", "&",
+     "?", "token", "é", "\\u0034", "1.5"]
+)  # fmt: skip
+FRAGMENT_TEXTS = st.lists(FRAGMENTS, max_size=16).map("".join)
+
+
+def test_the_pre_check_never_skips_a_text_the_detectors_would_change() -> None:
+    seen: collections.Counter[str] = collections.Counter()
+
+    @settings(max_examples=3000, deadline=None, database=None)
+    @given(FRAGMENT_TEXTS)
+    @example("pin=4")  # both skipped by the pre-check as it was (8 characters, 2 digits)
+    @example("4-1-1-1-1-1-1-1-1-1-1-1-1-1-1-1")
+    def never_skips(text: str) -> None:
+        hits: list[str] = []
+        out = mask_all(text, hits)
+        if not may_hold_secret(text):
+            assert (out, hits) == (text, []), text
+            seen["skipped"] += 1
+        else:
+            seen["masked" if hits else "scanned, nothing found"] += 1
+
+    never_skips()
+    assert min(seen.values()) >= 200, seen
+
+
+JSON_KEYS = st.one_of(FRAGMENT_TEXTS, st.sampled_from(["ok", "mfa", "note", "Card", "pass"]))
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**20), 10**20),
+        st.integers(0, 999),
+        FRAGMENT_TEXTS,
+        st.text(st.sampled_from("ab "), min_size=250, max_size=270),  # cut at 256
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(JSON_KEYS, inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def test_a_json_text_written_as_it_is_holds_nothing_the_masker_would_change() -> None:
+    """`Masker.tree_text` writes a context or entities text as sent when one pass over
+    it (`json_may_hold_secret`) finds nothing: the full walk over such a text must change
+    nothing either, whatever the spelling (escapes, indentation)."""
+    seen: collections.Counter[str] = collections.Counter()
+
+    @settings(max_examples=2000, deadline=None, database=None)
+    @given(st.dictionaries(JSON_KEYS, JSON_VALUES, max_size=4), st.booleans(), st.booleans())
+    def never_skips(tree: dict[str, Any], ascii_only: bool, indent: bool) -> None:
+        text = json.dumps(tree, ensure_ascii=ascii_only, indent=1 if indent else None)
+        stats = Stats()
+        walked = Masker().tree("context", json.loads(text), stats, 1 << 20)
+        if not json_may_hold_secret(text):
+            assert (walked, stats) == (json.loads(text), Stats()), text
+            seen["skipped"] += 1
+        else:
+            seen["masked" if stats.masked else "cut" if stats.truncated else "walked"] += 1
+
+    never_skips()
+    assert min(seen.values()) >= 50, seen
+
+
+def test_short_secret_pairs_and_card_numbers_in_single_digits_are_masked(bundle: Path) -> None:
+    pan = "4-1-1-1-1-1-1-1-1-1-1-1-1-1-1-1"
+    with serve(bundle) as srv, srv.channel() as ch:
+        srv.stub(ch).Check(check(context={"note": "pin=4"}, resource=("Thing", pan)))
+    (record,) = records(srv.lines)
+    assert record["context"] == {"note": "pin=<masked:secret>"}
+    assert record["resource"] == {"type": "Thing", "id": "<masked:pan>"}
+    assert record["masked"] == 2 and pan not in srv.log()
+
+
+class CountingSink(GateSink):
+    def __init__(self, fail_flush: bool = False) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.fail_flush = fail_flush
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.fail_flush:
+            raise OSError("No space left on device")
+
+
+@pytest.mark.parametrize("fail_flush", [False, True])
+def test_the_writer_flushes_once_per_drain_and_counts_only_what_was_flushed(
+    fail_flush: bool,
+) -> None:
+    sink = CountingSink(fail_flush)
+    logger = DecisionLogger(sink, queue_size=100)
+    req = CheckInput(EntityRef("User", "u"), EntityRef("Action", "a"), EntityRef("Thing", "t"))
+    for i in range(40):  # queued behind the first, whose write waits for the gate
+        logger.check("t", req, result(i), time.perf_counter(), None)
+    sink.open.set()
+    logger.close()
+    assert len(sink.lines) == 40
+    assert sink.flushes <= 3  # one per drain (a flush per call was 40)
+    assert (logger.written, logger.dropped) == ((0, 40) if fail_flush else (40, 0))

@@ -8,6 +8,7 @@ OTLP export are tested against `pdp serve` subprocesses.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import signal
@@ -22,11 +23,15 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry import propagate
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -34,7 +39,7 @@ from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp.app import App
 from pdp.config import Settings
-from pdp.tracing import NO_SPAN, TraceConfig, TraceConfigError, Tracing
+from pdp.tracing import NO_SPAN, SAMPLERS, TraceConfig, TraceConfigError, Tracing
 
 from .grpc.test_service import docs, uid
 from .support import DOCS_BUNDLE, REPO, pdp_command, running_server
@@ -276,6 +281,120 @@ def test_a_call_the_sampler_drops_costs_no_decision_span() -> None:
         assert tracing.decision("docs") is NO_SPAN  # no second sampling decision either
         span.status(grpc.StatusCode.INTERNAL)
     assert exporter.get_finished_spans() == ()
+
+
+class _CountingIds(RandomIdGenerator):
+    """Random ids, counting the span ids asked for: the SDK asks one per span it builds,
+    recorded or not."""
+
+    def __init__(self) -> None:
+        self.span_ids = 0
+
+    def generate_span_id(self) -> int:
+        self.span_ids += 1
+        return super().generate_span_id()
+
+
+def test_a_call_the_sampler_drops_builds_no_span_at_all() -> None:
+    config = TraceConfig.from_env(
+        {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.01",
+        }
+    )
+    ids = _CountingIds()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=config.sampler, id_generator=ids, shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with in_process_server(Tracing(provider)) as stub:
+        for _ in range(300):
+            stub.Check(docs())
+        for _ in range(20):
+            stub.Check(docs(), metadata=traceparent(sampled=False))  # the caller's "no"
+        stub.Check(docs(), metadata=traceparent(sampled=True))
+    spans = exporter.get_finished_spans()
+    assert 2 <= len(spans) <= 2 * 15  # the sampled parent's 2, and ~3 of the 300 calls
+    # Only the sampled calls' spans were built: a dropped call built no span object (the
+    # SDK's start_span gives each of them a span id, 320 here).
+    assert ids.span_ids == len(spans)
+
+
+class _FirstIds(RandomIdGenerator):
+    """`trace_id` first, random ids after it: a trace id asked for twice differs."""
+
+    def __init__(self, trace_id: int) -> None:
+        self.trace_id: int | None = trace_id
+
+    def generate_trace_id(self) -> int:
+        first, self.trace_id = self.trace_id, None
+        return super().generate_trace_id() if first is None else first
+
+
+_PARENTS = st.sampled_from(["none", "sampled", "unsampled", "malformed"])
+
+
+def test_the_sdk_sampler_decides_as_if_start_span_had_asked_it() -> None:
+    """For every sampler `OTEL_TRACES_SAMPLER` may name, any ratio, trace id and incoming
+    context: the RPC hook records a span exactly when the SDK's own `start_span` would,
+    with the same trace id."""
+    seen: collections.Counter[tuple[str, bool]] = collections.Counter()
+
+    @settings(max_examples=600, deadline=None)
+    @given(
+        sampler_name=st.sampled_from(sorted(SAMPLERS)),
+        ratio=st.floats(0.0, 1.0),
+        trace_id=st.integers(1, 2**128 - 1),
+        parent=_PARENTS,
+        parent_trace=st.integers(1, 2**128 - 1),
+    )
+    def agree(
+        sampler_name: str, ratio: float, trace_id: int, parent: str, parent_trace: int
+    ) -> None:
+        sampler = SAMPLERS[sampler_name](ratio)
+        metadata: tuple[tuple[str, str], ...] = ()
+        if parent != "none":
+            flags = "01" if parent == "sampled" else "00"
+            header = f"00-{parent_trace:032x}-{PARENT_ID}-{flags}"
+            metadata = (("traceparent", header if parent != "malformed" else header.upper()),)
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(
+            sampler=sampler, id_generator=_FirstIds(trace_id), shutdown_on_exit=False
+        )
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        with Tracing(provider).rpc("Check", _Context(metadata)) as span:
+            pass
+        # The SDK alone, same sampler and ids, given the same parent.
+        reference = TracerProvider(
+            sampler=sampler, id_generator=_FirstIds(trace_id), shutdown_on_exit=False
+        ).get_tracer("reference")
+        carrier = dict(metadata)
+        expected = reference.start_span(
+            CHECK,
+            propagate.extract(carrier) if carrier else None,
+            SpanKind.SERVER,
+            {
+                "rpc.system": "grpc",
+                "rpc.service": "pdp.v1.AuthorizationService",
+                "rpc.method": "Check",
+            },
+        )
+        recorded = expected.is_recording()
+        seen[(parent, recorded)] += 1
+        assert (span is not NO_SPAN) == recorded
+        finished = exporter.get_finished_spans()
+        assert len(finished) == int(recorded)
+        if recorded:
+            ctx = finished[0].context
+            assert ctx is not None
+            assert ctx.trace_id == expected.get_span_context().trace_id
+
+    agree()
+    # The generator reached every kind of call, recorded and dropped (25-114 each of 600
+    # in one run).
+    for parent in ("none", "sampled", "unsampled", "malformed"):
+        for recorded in (True, False):
+            assert seen[(parent, recorded)] >= 10, seen
 
 
 def test_sampling_one_in_twenty_keeps_rpc_and_decision_spans_together() -> None:
