@@ -19,26 +19,25 @@ def test_a_batch_with_two_bad_items_names_the_first(
 ) -> None:
     # evaluate() now decides group by group (items sharing request entities), each group
     # whole, instead of slice by slice in item order: an item of the first group is
-    # reported before an earlier item of a later group. Here item 1 (its own entities
-    # redefine nothing allowed) and item 20 (a context the schema refuses) are both bad;
+    # reported before an earlier item of a later group. Here item 1 (its own entities are of
+    # a type requests may not supply) and item 20 (a context the schema refuses) are both bad;
     # the error names items[20], though items[1] comes first (as it did when the first
     # slice of 8 was decided first), and whichever item a client fixes first, the
     # other is then reported: the one named depends on how the batch happens to group.
-    def uid(t: str, i: str) -> vpb.EntityUid:
-        return vpb.EntityUid(type=t, id=i)
-
-    good = json.dumps([user("newcomer", "acme", 0)])
-    bad = json.dumps(
-        [
-            user("newcomer", "acme", 0),
-            {"uid": {"type": "User", "id": "x"}, "attrs": {"level": "high"}, "parents": []},
-        ]
-    )
-    items = [pb.BatchItem(action=uid("Action", "read"), resource=uid("Document", "doc1"))] * ITEMS
+    ref = vpb.EntityUid
+    refused = [{"uid": {"type": "Tag", "id": "t"}, "attrs": {}, "parents": []}]  # not allowed
     req = pb.CheckBatchRequest(
-        tenant="docs", principal=uid("User", "newcomer"), items=items, entities_json=good
+        tenant="docs",
+        principal=ref(type="User", id="newcomer"),
+        items=[
+            pb.BatchItem(
+                action=ref(type="Action", id="read"), resource=ref(type="Document", id="doc1")
+            )
+            for _ in range(ITEMS)
+        ],
+        entities_json=json.dumps([user("newcomer", "acme", 0)]),
     )
-    req.items[1].entities_json = bad
+    req.items[1].entities_json = json.dumps(refused)
     req.items[20].context_json = '{"mfa": 3}'
     with pytest.raises(grpc.RpcError) as err:
         stub.CheckBatch(req)
