@@ -1,0 +1,34 @@
+"""Attacks on decision log masking: card numbers spelled in ways the detector misses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .test_decision_log import bundle, check, records, serve
+
+__all__ = ["bundle"]  # the fixture, used by name
+
+# Each a Luhn-valid test PAN (4111 1111 1111 1111) as a person or a form writes it.
+SPELLINGS = {
+    "dots": "4111.1111.1111.1111",
+    "nbsp": "4111\u00a01111\u00a01111\u00a01111",
+    "tabs": "4111\t1111\t1111\t1111",
+    "fullwidth": "4111111111111111".translate({48 + d: 0xFF10 + d for d in range(10)}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SPELLINGS))
+def test_a_card_number_in_a_resource_id_is_masked_however_it_is_spelled(
+    bundle: Path, kind: str
+) -> None:
+    # `_DIGIT_RUN` takes ASCII digits with at most a space or a dash between them: a PAN
+    # with dots, no-break spaces or tabs between its groups, or in full-width digits,
+    # reaches the decision log as it was sent (the spans' `pdp.action` mask the same way).
+    pan = SPELLINGS[kind]
+    with serve(bundle) as srv, srv.channel() as ch:
+        srv.stub(ch).Check(check(resource=("Thing", pan)))
+    (record,) = records(srv.lines)
+    assert record["resource"]["id"] != pan, f"{kind}: {pan!r} written unmasked"
+    assert record["masked"] == 1
