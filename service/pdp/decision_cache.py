@@ -22,11 +22,12 @@ under one lock.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from sys import getsizeof
 
 from pdp.bundle import Bundle
@@ -165,15 +166,28 @@ class Cached:
         )
 
 
-def _request_size(request: CheckInput) -> int:
-    """Bytes a kept request holds beyond ENTRY_OVERHEAD: its ids and texts (a mapping
-    context is counted at its JSON length, the size of what it was decoded from)."""
-    parts = [request.principal, request.action, request.resource]
-    size = sum(getsizeof(r.type) + getsizeof(r.id) for r in parts)
+def kept_request(request: CheckInput) -> CheckInput | None:
+    """The request as an exact entry keeps it: texts only, so its size is what
+    `getsizeof` counts (a parsed entity list or context takes ~10x its text). None when
+    the context is not plain JSON (then there is no exact entry)."""
     ctx = request.context
-    size += getsizeof(ctx) if isinstance(ctx, str) else 2 * len(repr(ctx))
+    if not isinstance(ctx, str):
+        try:
+            ctx = json.dumps(ctx, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError):
+            return None
+    ents = request.entities
+    if ents is not None and ents.items is not None:
+        ents = replace(ents, items=None)
+    return replace(request, context=ctx, entities=ents)
+
+
+def _request_size(request: CheckInput) -> int:
+    """Bytes a kept request (`kept_request`) holds beyond ENTRY_OVERHEAD."""
+    parts = [request.principal, request.action, request.resource]
+    size = sum(getsizeof(r.type) + getsizeof(r.id) for r in parts) + getsizeof(request.context)
     if request.entities is not None:
-        size += 2 * getsizeof(request.entities.json)  # the text and what was parsed of it
+        size += getsizeof(request.entities.json)
     return size
 
 

@@ -25,6 +25,7 @@ from pdp.decision_cache import (
     decision_key,
     exact_key,
     exact_under,
+    kept_request,
     stored_under,
 )
 from pdp.entity_slice import (
@@ -203,11 +204,12 @@ class Engine:
                 cache.put(stored_under(key, bundle, result.data_version), result)
             return result
         result = hit.result(_decision_id())
-        if exact is not None:
+        kept = None if exact is None else kept_request(request)
+        if exact is not None and kept is not None:
             # A request decided before came again: from now on its bytes find the entry
             # without converting it. Only then, so a request seen once costs one entry.
             wire = exact_key(name, bundle, version, exact)
-            cache.put(exact_under(wire, bundle, result.data_version), result, request)
+            cache.put(exact_under(wire, bundle, result.data_version), result, kept)
         return result
 
     def check_batch(

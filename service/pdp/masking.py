@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,12 +86,12 @@ _PAIR_VALUE = re.compile(r"(?:[^\s&;,\"'<>%]|%(?!(?i:2[026-7c]|3b))[0-9A-Fa-f]{0
 # Two digits, maybe with a separator between (a card number may be written `4-1-1-1-...`),
 # and at least 5 characters (`pin=4`: the shortest secret name, a separator, a value).
 MIN_SECRET_CHARS = 5
-_GATE = re.compile(r"[0-9][ -]?[0-9]|e[w-z0-9_-]|(?i:bearer|basic)|[=:%]")
+_GATE = re.compile(r"\d[\s.\-]?\d|e[w-z0-9_-]|(?i:bearer|basic)|[=:%]")
 # The same over a whole JSON text, plus what it cannot see through: an escape (`\u0034` is a
 # digit), a string that may need cutting (a long run without a quote), any key or text that
 # may name a secret once lower-cased and stripped to letters and digits.
 _RAW_GATE = re.compile(
-    r"[0-9](?:[ -]?[0-9]){11}|[A-Za-z]{2}[0-9]{2}|e[w-z0-9_-][A-Za-z0-9_-]{8,}\."
+    r"\d(?:[\s.\-]?\d){11}|[A-Za-z]{2}[0-9]{2}|e[w-z0-9_-][A-Za-z0-9_-]{8,}\."
     r"|(?i:bearer|basic)|\\|[^\"]{" + str(MAX_VALUE_CHARS + 1) + ",}"
 )
 _RAW_SECRET = re.compile(
@@ -98,7 +99,10 @@ _RAW_SECRET = re.compile(
 )
 _JSON_LINE = re.compile(r"[^\x20-\x7e]")  # what keeps a JSON text from being one ASCII line
 _IBAN_START = re.compile(r"(?=[A-Za-z]{2}[0-9]{2})")
-_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,}")
+# Digits of any script (`\d`: full-width `４１１１` too), one separator at most between two:
+# a space of any kind, a tab, a dot or a dash, as people and forms write card numbers.
+_DIGIT_RUN = re.compile(r"(?<!\d)\d(?:[\s.\-]?\d){11,}")
+_SEPARATOR = re.compile(r"[\s.\-]")
 
 # IBAN lengths by country (SWIFT IBAN registry); an unlisted country is checked at every
 # length from 15 to 34, so a new country's IBANs are masked too.
@@ -170,12 +174,14 @@ def luhn_window(digits: str) -> bool:
 
 
 def is_card_number(run: str) -> bool:
-    """Whether a run of digits (single spaces or dashes between them) holds a card number:
+    """Whether a run of digits (single separators between them) holds a card number:
     a Luhn-valid 12-19 digit stretch made of whole groups (`4111 1111 1111 1111` in
     `qty 2 4111 1111 1111 1111 7`). More than 19 digits with no separator count if any
     stretch of them passes (nearly always: such a run is masked); 12-19 digits with no
     separator only as a whole, as one Luhn check in ten passes by chance."""
-    groups = re.split(r"[ -]", run)
+    if not run.isascii():  # digits of another script count as the ASCII ones they mean
+        run = "".join(str(unicodedata.decimal(c, c)) for c in run)
+    groups = _SEPARATOR.split(run)
     if len(groups) == 1 and len(run) > 19:
         return luhn_window(run)
     for i in range(len(groups)):

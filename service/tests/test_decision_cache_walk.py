@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pdp.bundle import Bundle
-from pdp.decision_cache import DecisionCache
+from pdp.decision_cache import DecisionCache, kept_request
 from pdp.engine import Engine, evaluate
 from pdp.errors import InvalidRequest
 from pdp.model import CheckInput, CheckResult, EntityRef, RequestEntities
@@ -137,7 +137,7 @@ def decide(
             data = exact(tenant, batch[0])
             hit = None if bypass else engine.cached_exact(tenant, data)
             if hit is not None:  # as the servicer does before converting the request
-                assert hit[0] == batch[0]
+                assert hit[0] == kept_request(batch[0])  # the same request, as texts
                 seen["exact hits"] += 1
                 return [hit[1]]
             return [engine.check(tenant, batch[0], bypass_cache=bypass, exact=data)]
