@@ -348,24 +348,48 @@ def evaluate(
     schema = bundle.schema if bundle.manifest.validate_requests else None
     contexts: dict[int, str] = {}  # a context shared by many requests is serialised once
     pace = _Pace(len(requests), expired)
+    # The error reported is the first item's that has one, however the items group: a
+    # group's errors name its first item or a later one, so once an error is found only
+    # groups starting before it are still decided.
+    error: InvalidRequest | None = None
     for delta, indices in groups.items():
-        batch = [_cedar_request(requests[i], contexts) for i in indices]
         at = indices[0]
+        if error is not None and at >= _index(error, at):
+            continue
+        batch = [_cedar_request(requests[i], contexts) for i in indices]
         read = 0
-        if delta is None and data_version == 0:
-            entities: Any = bundle.entities
-        else:
-            group = [requests[i] for i in indices]
-            entities, read = _group_entities(
-                bundle, delta, batch, group, at, trust_request_entities, store, data_version, slices
-            )
-        if entities is None:  # the stored entities no longer fit the schema: fail closed
-            outcomes = [_STORE_FAULT] * len(batch)
-        else:
-            outcomes = _authorize(batch, bundle, entities, schema, pace)
-        for i, outcome in zip(indices, outcomes, strict=True):
-            results[i] = _result(bundle, outcome, i, read)
+        try:
+            if delta is None and data_version == 0:
+                entities: Any = bundle.entities
+            else:
+                group = [requests[i] for i in indices]
+                entities, read = _group_entities(
+                    bundle,
+                    delta,
+                    batch,
+                    group,
+                    at,
+                    trust_request_entities,
+                    store,
+                    data_version,
+                    slices,
+                )
+            if entities is None:  # the stored entities no longer fit the schema: fail closed
+                outcomes = [_STORE_FAULT] * len(batch)
+            else:
+                outcomes = _authorize(batch, bundle, entities, schema, pace)
+            for i, outcome in zip(indices, outcomes, strict=True):
+                results[i] = _result(bundle, outcome, i, read)  # may refuse item i
+        except InvalidRequest as exc:
+            if error is None or _index(exc, at) < _index(error, at):
+                error = exc
+    if error is not None:
+        raise error
     return [r for r in results if r is not None]
+
+
+def _index(exc: InvalidRequest, default: int) -> int:
+    return default if exc.index is None else exc.index
 
 
 class _Pace:
