@@ -129,8 +129,11 @@ class Engine:
         a write was acknowledged reads at least that write's version (read-your-writes)."""
         if self.store is None:
             return None, 0
-        source = StoreSource(self.store, tenant)
-        return source, self.store.data_version(tenant)
+        return StoreSource(self.store, tenant), self.store.data_version(tenant)
+
+    def _data_version(self, tenant: str) -> int:
+        """`_source`'s version alone, for a lookup that reads no entity."""
+        return 0 if self.store is None else self.store.data_version(tenant)
 
     def _forced_deny(self, tenant: str, bundle: Bundle) -> CheckResult | None:
         """The Deny a stale tenant answers, ahead of the cache and of any evaluation."""
@@ -161,7 +164,7 @@ class Engine:
             return None
         if self.kill_switch is not None and self.kill_switch.any_active:
             return None
-        _, version = self._source(name)
+        version = self._data_version(name)
         hit = cache.get(exact_key(name, bundle, version, data), count_miss=False)
         if hit is None or hit.request is None:
             return None

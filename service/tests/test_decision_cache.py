@@ -17,7 +17,16 @@ from pdp.config import default_bundle
 from pdp.decision_cache import DecisionCache, decision_key
 from pdp.engine import Engine, Snapshot, evaluate
 from pdp.errors import InvalidRequest
-from pdp.model import CheckInput, CheckResult, EntityRef, PolicyError, RequestEntities
+from pdp.grpc import convert
+from pdp.model import (
+    BundleVersion,
+    CheckInput,
+    CheckResult,
+    Decision,
+    EntityRef,
+    PolicyError,
+    RequestEntities,
+)
 
 from .support import DOCS_BUNDLE
 
@@ -358,3 +367,23 @@ def test_the_canonical_form_memo_is_bounded_and_exact() -> None:
     for _ in range(2):
         assert canonical_json.canonical_text('{"n": -0}') == '{"n":-0}'
         assert canonical_json.canonical_text('{"n": 0}') == '{"n":0}'
+
+
+def test_a_hit_answers_with_the_message_a_fresh_build_gives() -> None:
+    """Hit responses are copied from templates (`convert.check_response`): each field must
+    be what building the response field by field gives, errors and reasons included."""
+    version = BundleVersion("docs", "1", "sha256:" + "a" * 64)
+    hits = [
+        CheckResult(Decision.ALLOW, ("p1", "p2"), (), version, "id-1", True, 3),
+        CheckResult(Decision.DENY, (), (), version, "id-2", True, 0),
+        CheckResult(
+            Decision.DENY, ("p3",), (PolicyError("p3", "a message"),), version, "id-3", True, 1
+        ),
+    ]
+    for result in [*hits, *hits]:  # the second time from the templates
+        got = convert.check_response(result)
+        assert got == convert._build_response(result)
+        assert got.decision_id == result.decision_id and got.cache_hit
+        assert [(e.policy_id, e.message) for e in got.errors] == [
+            (e.policy_id, e.message) for e in result.errors
+        ]

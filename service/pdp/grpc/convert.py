@@ -24,7 +24,6 @@ from pdp.model import (
     CheckResult,
     Decision,
     EntityRef,
-    PolicyError,
     RequestEntities,
     TokenPrincipal,
 )
@@ -368,46 +367,42 @@ def _policy_version(v: BundleVersion) -> pb.PolicyVersion:
 
 
 def check_response(result: CheckResult) -> pb.CheckResponse:
-    if result.cache_hit:
+    if result.cache_hit and not result.errors and not result.reason:
         # A hit repeats a stored answer: copy its message, built once, and set the id
-        # (a fifth of the cost of building it field by field).
+        # (a fifth of the cost of building it field by field). Only answers without
+        # errors: an error message can quote a caller's values, and the templates are
+        # then keyed by nothing a caller sends (policy ids, bundle and data versions).
         response = pb.CheckResponse()
-        response.CopyFrom(_hit_template(result.decision, *_stored(result)))
+        response.CopyFrom(
+            _hit_template(
+                result.decision,
+                tuple(result.determining_policies),
+                result.version,
+                result.data_version,
+            )
+        )
         response.decision_id = result.decision_id
         return response
     return _build_response(result)
-
-
-def _stored(result: CheckResult) -> tuple[Any, ...]:
-    return (
-        tuple(result.determining_policies),
-        tuple(result.errors),
-        result.version,
-        result.data_version,
-        result.reason,
-    )
 
 
 @functools.lru_cache(maxsize=1024)
 def _hit_template(
     decision: Decision,
     determining_policies: tuple[str, ...],
-    errors: tuple[PolicyError, ...],
     version: BundleVersion,
     data_version: int,
-    reason: str,
 ) -> pb.CheckResponse:
-    """The response of a cache hit without its decision id; never mutated."""
+    """The response of an error-free cache hit without its decision id; never mutated."""
     return _build_response(
         CheckResult(
             decision,
             determining_policies,
-            errors,
+            (),
             version,
             "",
             cache_hit=True,
             data_version=data_version,
-            reason=reason,
         )
     )
 
