@@ -148,7 +148,11 @@ NO_SPAN = _NoSpan()
 class Tracing:
     """The hooks' entry points; `Tracing.off()` when no exporter is configured."""
 
-    def __init__(self, provider: TracerProvider | None) -> None:
+    def __init__(self, provider: TracerProvider | None, *, root_ratio: float | None = None) -> None:
+        """`root_ratio`: the ratio the provider's sampler samples calls without a parent at,
+        when it is one of the SDK's trace-id-ratio samplers (`TraceConfig` knows); such a
+        call is then dropped by comparing its new trace id with the SDK's own bound, the
+        test `TraceIdRatioBased` makes, without asking the sampler for a verdict object."""
         self._provider = provider
         self._tracer = provider.get_tracer("pdp") if provider is not None else None
         # The SDK's own sampler, asked before any span is built (`rpc`); None when the
@@ -159,6 +163,11 @@ class Tracing:
             self._sampler = self._tracer.sampler
             self._ids = _HandedIds(self._tracer.id_generator)
             self._tracer.id_generator = self._ids
+        self._root_bound = (
+            None
+            if root_ratio is None or self._ids is None
+            else TraceIdRatioBased.get_bound_for_rate(root_ratio)
+        )
         self._rpc_attributes: dict[str, tuple[str, dict[str, str]]] = {}
         # The metadata keys the propagators read (OTEL_PROPAGATORS; by default traceparent,
         # tracestate, baggage): a call with none of them starts a new trace unparsed.
@@ -193,6 +202,13 @@ class Tracing:
         parent = None  # a new trace, unless the caller sent its context (W3C traceparent)
         if any(key in self._fields for key, _ in metadata):
             parent = propagate.extract(tuple(metadata), getter=_GETTER)
+        elif self._root_bound is not None and self._ids is not None:
+            # A root call (nothing current: an unsampled call is never made current): the
+            # ratio samplers' verdict is `TraceIdRatioBased`'s test on the new trace id.
+            root_id = self._ids.new_trace_id()
+            if root_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._root_bound:
+                return NO_SPAN
+            return _RpcSpan(tracer, self._ids, name, attributes, None, root_id)
         handed = None
         if self._sampler is not None and self._ids is not None:
             # What `start_span` does before it builds anything: the parent's trace id, or
@@ -451,6 +467,7 @@ class TraceConfig:
 
     exporters: tuple[str, ...] = ()  # none: tracing is off
     sampler: Sampler = ParentBased(ALWAYS_ON)
+    root_ratio: float | None = None  # a ratio sampler's ratio (`Tracing`'s fast path)
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> TraceConfig:
@@ -490,13 +507,18 @@ class TraceConfig:
                 raise TraceConfigError(
                     "OTEL_TRACES_SAMPLER_ARG", f"{arg!r} is not a ratio from 0 to 1"
                 )
-        return TraceConfig(exporters, make(ratio))
+        return TraceConfig(
+            exporters, make(ratio), ratio if sampler_name in RATIO_SAMPLERS else None
+        )
 
     def start(self) -> Tracing:
         """The tracing the config asks for: exporters behind a batch span processor."""
         if not self.exporters:
             return Tracing.off()
-        return Tracing(self.provider([_exporter(name) for name in self.exporters]))
+        return Tracing(
+            self.provider([_exporter(name) for name in self.exporters]),
+            root_ratio=self.root_ratio,
+        )
 
     def provider(self, exporters: Sequence[SpanExporter]) -> TracerProvider:
         # The service is named cedar-pdp unless OTEL_SERVICE_NAME or

@@ -307,7 +307,7 @@ def test_a_call_the_sampler_drops_builds_no_span_at_all() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=config.sampler, id_generator=ids, shutdown_on_exit=False)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    with in_process_server(Tracing(provider)) as stub:
+    with in_process_server(Tracing(provider, root_ratio=config.root_ratio)) as stub:
         for _ in range(300):
             stub.Check(docs())
         for _ in range(20):
@@ -351,7 +351,16 @@ def test_the_sdk_sampler_decides_as_if_start_span_had_asked_it() -> None:
     def agree(
         sampler_name: str, ratio: float, trace_id: int, parent: str, parent_trace: int
     ) -> None:
-        sampler = SAMPLERS[sampler_name](ratio)
+        # As `pdp serve` builds it: the sampler, and for a ratio sampler the root ratio
+        # the hook decides root calls by.
+        config = TraceConfig.from_env(
+            {
+                "OTEL_TRACES_EXPORTER": "console",
+                "OTEL_TRACES_SAMPLER": sampler_name,
+                "OTEL_TRACES_SAMPLER_ARG": repr(ratio),
+            }
+        )
+        sampler = config.sampler
         metadata: tuple[tuple[str, str], ...] = ()
         if parent != "none":
             flags = "01" if parent == "sampled" else "00"
@@ -362,7 +371,9 @@ def test_the_sdk_sampler_decides_as_if_start_span_had_asked_it() -> None:
             sampler=sampler, id_generator=_FirstIds(trace_id), shutdown_on_exit=False
         )
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        with Tracing(provider).rpc("Check", _Context(metadata)) as span:
+        with Tracing(provider, root_ratio=config.root_ratio).rpc(
+            "Check", _Context(metadata)
+        ) as span:
             pass
         # The SDK alone, same sampler and ids, given the same parent.
         reference = TracerProvider(
