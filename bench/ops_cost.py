@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": "0.01",
     }
-    tracing = Tracing(TraceConfig.from_env(env).provider([Drop()]))
+    tracing = TraceConfig.from_env(env).tracing([Drop()])
     print(f"{'shape':10} {'writer/record':>14} {'log hook':>9} {'metrics':>8} {'tracing':>8}"
           "   (us per call, best of reps; medians in brackets)")  # fmt: skip
     for name in ("check", "batch", "check-ent"):

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         config = TraceConfig.from_env(env)
         if config.exporters:
             exporters[name] = EncodingExporter()
-            tracings[name] = Tracing(config.provider([exporters[name]]))
+            tracings[name] = config.tracing([exporters[name]])
         else:
             tracings[name] = config.start()
     ctx = Context()

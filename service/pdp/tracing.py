@@ -515,10 +515,12 @@ class TraceConfig:
         """The tracing the config asks for: exporters behind a batch span processor."""
         if not self.exporters:
             return Tracing.off()
-        return Tracing(
-            self.provider([_exporter(name) for name in self.exporters]),
-            root_ratio=self.root_ratio,
-        )
+        return self.tracing([_exporter(name) for name in self.exporters])
+
+    def tracing(self, exporters: Sequence[SpanExporter]) -> Tracing:
+        """The hooks over `exporters`, as `start` builds them (benchmarks call this too, so
+        they time the path the server runs)."""
+        return Tracing(self.provider(exporters), root_ratio=self.root_ratio)
 
     def provider(self, exporters: Sequence[SpanExporter]) -> TracerProvider:
         # The service is named cedar-pdp unless OTEL_SERVICE_NAME or
