@@ -13,6 +13,7 @@ upgrading from a read.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from pdp.entity_store.api import StoredEntity, StoreLimits
 from pdp.entity_store.sql import Backend, Tx, read_export, transaction
+from pdp.entity_store.sqlite_mark import Marker, MarkError, open_marker
 from pdp.errors import StoreUnavailable
 
 SCHEMA = """
@@ -43,6 +45,8 @@ CREATE TABLE IF NOT EXISTS refs (
     PRIMARY KEY (tenant, source, target)) WITHOUT ROWID;
 """
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_MS = 10_000
 MMAP_BYTES = 4 * 1024**3  # up to 4 GiB of the file mapped for reads
 CACHE_KIB = 16 * 1024  # per connection (one per thread)
@@ -50,12 +54,18 @@ MAX_CACHED_TENANTS = 1024  # data versions each connection keeps (`data_version`
 
 
 class SqliteEntityStore(Backend):
-    def __init__(self, path: Path, limits: StoreLimits | None = None) -> None:
+    def __init__(
+        self, path: Path, limits: StoreLimits | None = None, *, gil_kept_marks: bool = True
+    ) -> None:
         self.path = path
+        # False: `PRAGMA data_version` always through `sqlite3`, as where no marker can be
+        # opened (tests compare the two ways).
+        self._gil_kept_marks = gil_kept_marks
         self.limits = limits or StoreLimits()
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        self._markers: list[Marker] = []
         self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connection()
@@ -112,12 +122,22 @@ class SqliteEntityStore(Backend):
         # before the SELECT, so a commit landing between the two makes the next call read
         # again rather than keep a stale version. A connection's own commits leave it
         # unchanged: `_write` forgets the cache of the connection that wrote.
+        # The pragma is asked through the thread's `Marker` (its own connection, the GIL
+        # kept: see sqlite_mark) while markers work; through `sqlite3` when there is none,
+        # or once one failed or stalled. The two connections count apart, so a mark read
+        # through `sqlite3` beside a marker is stored negated: never equal to a marker's.
         seen: _Seen | None = getattr(self._local, "seen", None)
         try:  # not `_errors()`: a context manager is a fifth of this call's cost
             if seen is None:
-                seen = self._local.seen = _Seen(self._connection().cursor())
-            cursor = seen.cursor
-            (mark,) = cursor.execute("PRAGMA data_version").fetchone()
+                seen = self._local.seen = self._seen()
+            cursor, marker = seen.cursor, seen.marker
+            mark = marker.mark() if marker is not None and self._gil_kept_marks else None
+            if mark is None:
+                if marker is not None and self._gil_kept_marks:
+                    self._stop_marks()
+                (mark,) = cursor.execute("PRAGMA data_version").fetchone()
+                if marker is not None:
+                    mark = -1 - mark
             if mark != seen.mark:
                 seen.mark, seen.versions = mark, {}
             found = seen.versions.get(tenant)
@@ -131,6 +151,31 @@ class SqliteEntityStore(Backend):
         if len(seen.versions) < MAX_CACHED_TENANTS:  # tenant names are caller input: bounded
             seen.versions[tenant] = found
         return found
+
+    def _seen(self) -> _Seen:
+        cursor = self._connection().cursor()
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("entity store: closed")
+            try:
+                marker = open_marker(self.path) if self._gil_kept_marks else None
+            except MarkError as exc:
+                raise StoreUnavailable(f"entity store {self.path}: {exc}") from exc
+            if marker is not None:
+                self._markers.append(marker)
+        return _Seen(cursor, marker)
+
+    def _stop_marks(self) -> None:
+        # Store-wide and for good: a stall under the GIL stops every thread, so it is
+        # paid once, not once per thread or per check (sqlite_mark's docstring).
+        self._gil_kept_marks = False
+        if self._closed:  # its markers were closed with it: nothing stalled
+            return
+        log.warning(
+            "entity store %s: a data-version read through the GIL-kept marker failed or "
+            "stalled; reading through sqlite3 from now on",
+            self.path,
+        )
 
     def _read(self) -> AbstractContextManager[Tx]:
         # A deferred transaction reads one snapshot from its first SELECT to its end.
@@ -165,15 +210,20 @@ class SqliteEntityStore(Backend):
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+            for marker in self._markers:
+                marker.close()
+            self._markers.clear()
 
 
 class _Seen:
-    """The data versions one connection read, as of its `PRAGMA data_version` `mark`, and
-    the cursor it asks with (one per thread, like the connection: no cursor per call)."""
+    """The data versions one thread read, as of its `PRAGMA data_version` `mark`, the
+    cursor it reads them with and the marker it asks the pragma through (one per thread,
+    like the connection: no cursor per call)."""
 
-    __slots__ = ("cursor", "mark", "versions")
+    __slots__ = ("cursor", "marker", "mark", "versions")
 
-    def __init__(self, cursor: sqlite3.Cursor) -> None:
+    def __init__(self, cursor: sqlite3.Cursor, marker: Marker | None) -> None:
         self.cursor = cursor
+        self.marker = marker
         self.mark: int | None = None
         self.versions: dict[str, int] = {}
