@@ -66,6 +66,9 @@ class SqliteEntityStore(Backend):
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._markers: list[Marker] = []
+        # Held across a mark and the switch-off it may cause: a thread that gave the GIL
+        # away between the two must not let another start a second stall meanwhile.
+        self._mark_lock = threading.Lock()
         self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connection()
@@ -82,6 +85,9 @@ class SqliteEntityStore(Backend):
             with self._errors():
                 conn = self._connect()
             self._connections.append(conn)
+            # Opened with the connection, under the lock: both then read the same file,
+            # even if it is replaced later (which SQLite itself does not support).
+            self._local.marker = self._open_marker()
         self._local.conn = conn
         return conn
 
@@ -131,10 +137,16 @@ class SqliteEntityStore(Backend):
             if seen is None:
                 seen = self._local.seen = self._seen()
             cursor, marker = seen.cursor, seen.marker
-            mark = marker.mark() if marker is not None and self._gil_kept_marks else None
+            mark = None
+            if marker is not None and self._gil_kept_marks:
+                with self._mark_lock:
+                    if self._gil_kept_marks:
+                        mark = marker.mark()
+                        if mark is None:
+                            self._stop_marks()
             if mark is None:
-                if marker is not None and self._gil_kept_marks:
-                    self._stop_marks()
+                if self._closed:
+                    raise StoreUnavailable(f"entity store {self.path}: closed")
                 (mark,) = cursor.execute("PRAGMA data_version").fetchone()
                 if marker is not None:
                     mark = -1 - mark
@@ -154,16 +166,19 @@ class SqliteEntityStore(Backend):
 
     def _seen(self) -> _Seen:
         cursor = self._connection().cursor()
-        with self._lock:
-            if self._closed:
-                raise StoreUnavailable("entity store: closed")
-            try:
-                marker = open_marker(self.path) if self._gil_kept_marks else None
-            except MarkError as exc:
-                raise StoreUnavailable(f"entity store {self.path}: {exc}") from exc
-            if marker is not None:
-                self._markers.append(marker)
-        return _Seen(cursor, marker)
+        return _Seen(cursor, getattr(self._local, "marker", None))
+
+    def _open_marker(self) -> Marker | None:
+        if not self._gil_kept_marks:
+            return None
+        try:
+            marker = open_marker(self.path)
+        except MarkError as exc:  # declined, not fatal: sqlite3 still reads its open file
+            log.warning("entity store %s: no GIL-kept marker (%s)", self.path, exc)
+            return None
+        if marker is not None:
+            self._markers.append(marker)
+        return marker
 
     def _stop_marks(self) -> None:
         # Store-wide and for good: a stall under the GIL stops every thread, so it is
@@ -207,12 +222,14 @@ class SqliteEntityStore(Backend):
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
+            # Markers first: the last connection to close checkpoints the log, and a
+            # sqlite3 one does that with the GIL released.
             for marker in self._markers:
                 marker.close()
             self._markers.clear()
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
 
 
 class _Seen:

@@ -15,15 +15,18 @@ store keeps reading through `sqlite3`):
   module runs (its shared libsqlite3, or its own statically linked copy if it exports
   them). Two copies of SQLite in one process would each keep their own POSIX lock table
   and could corrupt the file (sqlite.org/howtocorrupt.html, 2.2.1); one copy cannot.
-- The version strings of that copy and of `sqlite3.sqlite_version` agree.
+- The version strings of that copy and of `sqlite3.sqlite_version` agree, and no other
+  copy of the functions is in the global symbol scope (where `_sqlite3`'s references
+  would bind first).
 
 The risk it takes, and its bound: while the call runs, no other thread of the process
 runs. SQLite's own locks are held for microseconds, but another process holding a WAL
 read-mark lock (stopped in a checkpoint, or hostile) makes the read retry for ~10 s before
 failing (`SQLITE_PROTOCOL`; measured). So a mark that fails, or takes longer than
 STALL_SECONDS, answers None: the store then asks `sqlite3` (which waits with the GIL
-released, and raises its own error) and stops using markers for good. The worst case is
-one such stall per store, not one per check.
+released, and raises its own error) and stops using markers for good, under a lock that
+keeps a second thread from starting a mark meanwhile. The worst case is one such stall
+per store, not one per check or per thread.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ SQLITE_OK = 0
 SQLITE_ROW = 100
 SQLITE_OPEN_READWRITE = 0x00000002
 SQLITE_OPEN_FULLMUTEX = 0x00010000
-STALL_SECONDS = 0.01  # ~10,000 times a mark's usual cost
+# Timed in Python, so a wait for the GIL between the clock and the call counts too (up to
+# the switch interval, 5 ms, per runnable thread): far above that, far below SQLite's
+# ~10 s of retries. A mark slower than this is not used, and turns the markers off.
+STALL_SECONDS = 1.0
 
 _c_void_p = ctypes.c_void_p
 
@@ -78,6 +84,17 @@ class _Lib:
         self.errmsg.restype = ctypes.c_char_p
 
 
+_USED = (
+    "sqlite3_libversion", "sqlite3_open_v2", "sqlite3_prepare_v2", "sqlite3_step",
+    "sqlite3_column_int64", "sqlite3_reset", "sqlite3_finalize", "sqlite3_close_v2",
+    "sqlite3_errmsg",
+)  # fmt: skip
+
+
+def _address(fn: object) -> int | None:
+    return ctypes.cast(fn, _c_void_p).value  # type: ignore[arg-type]
+
+
 def _load() -> _Lib | None:
     import _sqlite3  # the extension module `sqlite3` runs (its file, not a second copy)
 
@@ -87,6 +104,14 @@ def _load() -> _Lib | None:
         libversion.argtypes, libversion.restype = [], ctypes.c_char_p
         if libversion() != sqlite3.sqlite_version.encode():
             return None
+        # _sqlite3's own references bind to a definition in the global scope first (an
+        # LD_PRELOAD, an RTLD_GLOBAL extension) and only then to its dependencies, where
+        # its handle looks: a global copy at another address is the one it runs.
+        everyone = ctypes.CDLL(None)
+        for name in _USED:
+            other = getattr(everyone, name, None)
+            if other is not None and _address(other) != _address(getattr(dll, name)):
+                return None
         return _Lib(dll)
     except (OSError, AttributeError):  # no such file (frozen, zipped), symbols not exported
         return None
@@ -127,6 +152,11 @@ class Marker:
             if rc != SQLITE_ROW or time.perf_counter() - started > STALL_SECONDS:
                 return None
             return value
+
+    def __del__(self) -> None:
+        # A store dropped without close(): the connection's descriptors and its shared
+        # lock go with the marker, not with the process.
+        self.close()
 
     def close(self) -> None:
         with self._lock:
