@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -412,17 +412,7 @@ def test_a_replaced_file_never_makes_a_thread_stale(
     opened in __init__ before it, the SELECT would read the old file and the marker watch
     the new one: another store's acknowledged write was never seen. Both open together."""
     path = tmp_path / "e.sqlite3"
-    store = SqliteEntityStore(path, gil_kept_marks=kept)
-    other = SqliteEntityStore(path)
-    try:
-        version = other.write(TENANT, [user(0)], [])
-        _replace_with_a_copy(path, drop_wal)
-        assert store.data_version(TENANT) == version
-        version = other.write(TENANT, [user(1)], [])
-        assert store.data_version(TENANT) == version
-    finally:
-        store.close()
-        other.close()
+    _each_write_seen_across(path, kept, lambda: _replace_with_a_copy(path, drop_wal))
 
 
 @pytest.mark.parametrize("kept", [False, True], ids=["sqlite3", "marker"])
@@ -431,12 +421,21 @@ def test_a_deleted_file_leaves_an_open_thread_reading_it(tmp_path: Path, kept: b
     reads the open file, as with sqlite3 alone; a marker that cannot be opened is declined
     (a warning), never an error on every call."""
     path = tmp_path / "e.sqlite3"
+
+    def delete() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            os.remove(f"{path}{suffix}")
+
+    _each_write_seen_across(path, kept, delete)
+
+
+def _each_write_seen_across(path: Path, kept: bool, event: Callable[[], None]) -> None:
+    """A store built before `event()` sees another store's writes from before and after it."""
     store = SqliteEntityStore(path, gil_kept_marks=kept)
     other = SqliteEntityStore(path)
     try:
         version = other.write(TENANT, [user(0)], [])
-        for suffix in ("", "-wal", "-shm"):
-            os.remove(f"{path}{suffix}")
+        event()
         assert store.data_version(TENANT) == version
         version = other.write(TENANT, [user(1)], [])
         assert store.data_version(TENANT) == version
