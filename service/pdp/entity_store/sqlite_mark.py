@@ -37,6 +37,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 SQLITE_OK = 0
 SQLITE_ROW = 100
@@ -48,47 +49,42 @@ SQLITE_OPEN_FULLMUTEX = 0x00010000
 STALL_SECONDS = 1.0
 
 _c_void_p = ctypes.c_void_p
+_INT, _TEXT = ctypes.c_int, ctypes.c_char_p
+
+# The C functions used: name -> (return type, argument types).
+_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "sqlite3_libversion": (_TEXT, []),
+    "sqlite3_open_v2": (_INT, [_TEXT, ctypes.POINTER(_c_void_p), _INT, _TEXT]),
+    "sqlite3_prepare_v2": (
+        _INT, [_c_void_p, _TEXT, _INT, ctypes.POINTER(_c_void_p), _c_void_p],
+    ),
+    "sqlite3_step": (_INT, [_c_void_p]),
+    "sqlite3_column_int64": (ctypes.c_int64, [_c_void_p, _INT]),
+    "sqlite3_reset": (_INT, [_c_void_p]),
+    "sqlite3_finalize": (_INT, [_c_void_p]),
+    "sqlite3_close_v2": (_INT, [_c_void_p]),
+    "sqlite3_errmsg": (_TEXT, [_c_void_p]),
+}  # fmt: skip
+
+
+def _typed(dll: ctypes.CDLL, name: str) -> Any:
+    fn = getattr(dll, name)
+    fn.restype, fn.argtypes = _SIGNATURES[name]
+    return fn
 
 
 class _Lib:
-    """The handful of C functions used, typed once."""
+    """The C functions used, typed once."""
 
     def __init__(self, dll: ctypes.PyDLL) -> None:
-        self.open_v2 = dll.sqlite3_open_v2
-        self.open_v2.argtypes = [
-            ctypes.c_char_p, ctypes.POINTER(_c_void_p), ctypes.c_int, ctypes.c_char_p,
-        ]  # fmt: skip
-        self.open_v2.restype = ctypes.c_int
-        self.prepare_v2 = dll.sqlite3_prepare_v2
-        self.prepare_v2.argtypes = [
-            _c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(_c_void_p), _c_void_p,
-        ]  # fmt: skip
-        self.prepare_v2.restype = ctypes.c_int
-        self.step = dll.sqlite3_step
-        self.step.argtypes = [_c_void_p]
-        self.step.restype = ctypes.c_int
-        self.column_int64 = dll.sqlite3_column_int64
-        self.column_int64.argtypes = [_c_void_p, ctypes.c_int]
-        self.column_int64.restype = ctypes.c_int64
-        self.reset = dll.sqlite3_reset
-        self.reset.argtypes = [_c_void_p]
-        self.reset.restype = ctypes.c_int
-        self.finalize = dll.sqlite3_finalize
-        self.finalize.argtypes = [_c_void_p]
-        self.finalize.restype = ctypes.c_int
-        self.close_v2 = dll.sqlite3_close_v2
-        self.close_v2.argtypes = [_c_void_p]
-        self.close_v2.restype = ctypes.c_int
-        self.errmsg = dll.sqlite3_errmsg
-        self.errmsg.argtypes = [_c_void_p]
-        self.errmsg.restype = ctypes.c_char_p
-
-
-_USED = (
-    "sqlite3_libversion", "sqlite3_open_v2", "sqlite3_prepare_v2", "sqlite3_step",
-    "sqlite3_column_int64", "sqlite3_reset", "sqlite3_finalize", "sqlite3_close_v2",
-    "sqlite3_errmsg",
-)  # fmt: skip
+        self.open_v2 = _typed(dll, "sqlite3_open_v2")
+        self.prepare_v2 = _typed(dll, "sqlite3_prepare_v2")
+        self.step = _typed(dll, "sqlite3_step")
+        self.column_int64 = _typed(dll, "sqlite3_column_int64")
+        self.reset = _typed(dll, "sqlite3_reset")
+        self.finalize = _typed(dll, "sqlite3_finalize")
+        self.close_v2 = _typed(dll, "sqlite3_close_v2")
+        self.errmsg = _typed(dll, "sqlite3_errmsg")
 
 
 def _address(fn: object) -> int | None:
@@ -100,15 +96,13 @@ def _load() -> _Lib | None:
 
     try:
         dll = ctypes.PyDLL(_sqlite3.__file__)  # already loaded: the same handle
-        libversion = dll.sqlite3_libversion
-        libversion.argtypes, libversion.restype = [], ctypes.c_char_p
-        if libversion() != sqlite3.sqlite_version.encode():
+        if _typed(dll, "sqlite3_libversion")() != sqlite3.sqlite_version.encode():
             return None
         # _sqlite3's own references bind to a definition in the global scope first (an
         # LD_PRELOAD, an RTLD_GLOBAL extension) and only then to its dependencies, where
         # its handle looks: a global copy at another address is the one it runs.
         everyone = ctypes.CDLL(None)
-        for name in _USED:
+        for name in _SIGNATURES:
             other = getattr(everyone, name, None)
             if other is not None and _address(other) != _address(getattr(dll, name)):
                 return None
