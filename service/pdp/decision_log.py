@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -199,6 +200,7 @@ class DecisionLogger:
         self._allow_rate = allow_sample_rate
         self._deny_rate = deny_sample_rate
         self._include_context = include_context
+        self._keep_all = allow_sample_rate >= 1.0 and deny_sample_rate >= 1.0  # no sampling
         self._parts = _Parts()  # the writer thread's own
         self._queue: collections.deque[tuple[_Call, int, int]] = collections.deque()
         self._lock = threading.Lock()
@@ -227,8 +229,13 @@ class DecisionLogger:
         metadata: Metadata | None,
     ) -> None:
         """Log one Check's decision; `started` is the call's `time.perf_counter()`."""
-        if self._keep(result):
-            self._enqueue(tenant, [request], [result], None, started, metadata)
+        if self._keep_all or self._keep(result):
+            # `_enqueue` for one request, inline: this runs once per Check.
+            call = _Call(
+                time.time(), tenant or DEFAULT_TENANT, (request,), (result,), None,
+                int((time.perf_counter() - started) * 1e6), traceparents(metadata),
+            )  # fmt: skip
+            self._put(call, 1, _request_bytes(request))
 
     def batch(
         self,
@@ -239,7 +246,11 @@ class DecisionLogger:
         metadata: Metadata | None,
     ) -> None:
         """Log every decision of a CheckBatch (each sampled on its own)."""
-        kept = [i for i, r in enumerate(results) if self._keep(r)]
+        kept = (
+            list(range(len(results)))
+            if self._keep_all
+            else [i for i, r in enumerate(results) if self._keep(r)]
+        )
         if kept:
             self._enqueue(tenant, requests, results, kept, started, metadata)
 
@@ -264,6 +275,9 @@ class DecisionLogger:
             time.time(), tenant or DEFAULT_TENANT, requests, results, kept, latency,
             traceparents(metadata),
         )  # fmt: skip
+        self._put(call, records, size)
+
+    def _put(self, call: _Call, records: int, size: int) -> None:
         with self._lock:
             if (
                 self._stopping
@@ -340,10 +354,9 @@ class DecisionLogger:
         memo = _Memo()  # batch items share contexts and entities
         trace = parse_traceparent(call.traceparents)
         trace_json = "null" if trace is None else _json_str(trace)
-        stamp = datetime.fromtimestamp(call.time, UTC).isoformat(timespec="microseconds")
         # Everything but the decision's own fields is the call's: serialised once.
         common = (
-            f'"time":"{stamp.replace("+00:00", "Z")}"',
+            f'"time":"{self._parts.stamp(call.time)}"',
             f'"tenant":{_json_str(call.tenant)}',
             f'"latency_us":{call.latency_us},"trace_id":{trace_json}',
         )
@@ -358,10 +371,19 @@ class DecisionLogger:
         req, res = call.inputs[i], call.results[i]
         stats = Stats()
         m, parts = self._masker, self._parts
-        errors = [
-            {"policy_id": e.policy_id, "message": m.text(e.message, stats, "errors", MAX_MESSAGE)}
-            for e in res.errors
-        ]
+        errors = (
+            [
+                {
+                    "policy_id": e.policy_id,
+                    "message": m.text(e.message, stats, "errors", MAX_MESSAGE),
+                }
+                for e in res.errors
+            ]
+            if res.errors
+            else None
+        )
+        reason = _json_str(_fit(res.reason, stats, "reason", MAX_MESSAGE)) if res.reason else '""'
+
         batch = "null" if call.indices is None else f'{{"index":{i},"size":{len(call.results)}}}'
         context = entities = "null"  # each tree serialised once per call, spliced in below
         if self._include_context:
@@ -375,15 +397,15 @@ class DecisionLogger:
             f'{tenant},"principal":{parts.entity(m, req.principal, stats, "principal")},'
             f'"action":{parts.entity(m, req.action, stats, "action")},'
             f'"resource":{parts.entity(m, req.resource, stats, "resource")},'
-            f'"decision":"{res.decision.value}",'
-            f'"determining_policies":{_json_strs(res.determining_policies)},'
+            f'"decision":"{"allow" if res.decision is Decision.ALLOW else "deny"}",'
+            f'"determining_policies":{parts.policies(res.determining_policies)},'
             f'"errors":{_json_compact(errors) if errors else "[]"},'
             f'"policy_version":{parts.version(res.version)},'
             f'"cache_hit":{"true" if res.cache_hit else "false"},'
-            f'"reason":{_json_str(_fit(res.reason, stats, "reason", MAX_MESSAGE))},'
+            f'"reason":{reason},'
             f'{timing},"batch":{batch},'
             f'"context":{context},"entities":{entities},"masked":{stats.masked},'
-            f'"truncated":{_json_strs(sorted(stats.truncated))}}}'
+            f'"truncated":{_json_strs(sorted(stats.truncated)) if stats.truncated else "[]"}}}'
         )
         if len(line) <= self._max_record_bytes:  # ASCII: characters are bytes
             return line
@@ -455,6 +477,41 @@ class _Parts:
     def __init__(self) -> None:
         self._uids: dict[tuple[str, str, str], tuple[str, Stats]] = {}
         self._versions: dict[BundleVersion, str] = {}
+        # Determining policies: ids of the bundle's policies (no caller writes them), so
+        # the lists recur, and each is a JSON list once.
+        self._policies: dict[tuple[str, ...], str] = {}
+        # The time of the second last written: records of one second differ only in
+        # their microseconds, and formatting a datetime costs ~3 us a record.
+        self._second = -1
+        self._second_text = ""
+        self._last_version: BundleVersion | None = None
+        self._last_version_text = ""
+
+    def stamp(self, t: float) -> str:
+        """`t` (seconds since the epoch) as ISO 8601 UTC with microseconds and "Z", as
+        `datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")` writes it
+        (rounded half to even to the microsecond, as datetime rounds)."""
+        # datetime's own steps (_PyTime_ObjectToTimeval): the fraction rounded on its own.
+        fraction, whole = math.modf(t)
+        micro, second = round(fraction * 1e6), int(whole)
+        if micro < 0:
+            micro, second = micro + 1_000_000, second - 1
+        if micro >= 1_000_000:
+            micro, second = micro - 1_000_000, second + 1
+        if second != self._second:
+            when = datetime.fromtimestamp(second, UTC)
+            self._second, self._second_text = second, when.strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{micro:06d}Z"
+
+    def policies(self, ids: Sequence[str]) -> str:
+        key = tuple(ids)
+        known = self._policies.get(key)
+        if known is None:
+            known = _json_strs(key)
+            if len(self._policies) >= PARTS_CACHE_ENTRIES:
+                self._policies.clear()
+            self._policies[key] = known
+        return known
 
     def entity(self, m: Masker, ref: EntityRef, stats: Stats, where: str) -> str:
         key = (where, ref.type, ref.id)
@@ -474,6 +531,8 @@ class _Parts:
         return out
 
     def version(self, v: BundleVersion) -> str:
+        if v is self._last_version:  # the results of one bundle share its version object
+            return self._last_version_text
         known = self._versions.get(v)
         if known is None:
             fields = {"bundle": v.name, "version": v.version, "digest": v.digest}
@@ -481,6 +540,7 @@ class _Parts:
             if len(self._versions) >= PARTS_CACHE_ENTRIES:
                 self._versions.clear()
             self._versions[v] = known
+        self._last_version, self._last_version_text = v, known
         return known
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import collections
 import json
+import math
 import os
 import string
 import subprocess
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from pdp.decision_log import (
     _json_compact,
     _json_str,
     _json_strs,
+    _Parts,
     trace_id,
 )
 from pdp.masking import (
@@ -1019,3 +1022,39 @@ def test_the_writer_flushes_once_per_drain_and_counts_only_what_was_flushed(
     assert len(sink.lines) == 40
     assert sink.flushes <= 3  # one per drain (a flush per call was 40)
     assert (logger.written, logger.dropped) == ((0, 40) if fail_flush else (40, 0))
+
+
+def test_a_record_time_is_what_datetime_writes() -> None:
+    """The writer formats each second once (`_Parts.stamp`): every time reads as
+    `datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")` with a Z, even
+    where datetime's rounding carries the microseconds into the next second (the case a
+    cached second keyed on int(t) gets wrong; the generator must reach it)."""
+    seen: collections.Counter[str] = collections.Counter()
+
+    def written(t: float) -> str:
+        text = datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")
+        return text.replace("+00:00", "Z")
+
+    @settings(max_examples=3000)
+    @given(
+        t=st.one_of(
+            st.floats(0.0, 4e9, allow_nan=False),  # any time, 1970 to 2096
+            # Fractions next to a second's end, where rounding carries into the next one.
+            st.integers(0, 4 * 10**9).map(lambda s: s + 0.9999995),
+            st.integers(0, 4 * 10**9).map(lambda s: s + 0.9999996),
+            st.floats(1.8e9, 1.8e9 + 2.0),  # many records in one second
+        )
+    )
+    @example(t=0.0)
+    @example(t=1_800_000_000.0)
+    def agree(t: float) -> None:
+        parts = _Parts()
+        expected = written(t)
+        seen["carried" if expected[17:19] != f"{int(t) % 60:02d}" else "plain"] += 1
+        assert parts.stamp(t) == expected
+        assert parts.stamp(t) == expected  # the second now cached
+        later = math.floor(t) + 0.25  # a later time of the same second
+        assert parts.stamp(later) == written(later)
+
+    agree()
+    assert seen["carried"] > 0 and seen["plain"] > 0, seen
