@@ -28,21 +28,29 @@ class Admission:
     # anyone who can write a bundle can also give it a higher version, so a record on
     # disk would stop no one.
     state: VersionState | None = None
+    # Refuse signatures that name no tenant: without it such a signature is good for any
+    # tenant, so one tenant's signed bundle placed in another's source would be served.
+    require_tenant: bool = False
 
     @staticmethod
-    def of(keys: Sequence[Path], allow_rollback: bool, data_dir: Path) -> Admission:
+    def of(
+        keys: Sequence[Path], allow_rollback: bool, data_dir: Path, require_tenant: bool = False
+    ) -> Admission:
         """From the settings; ValueError naming the file for a bad key or state file."""
         loaded = tuple(signing.load_public_key(k) for k in keys)
         state = VersionState(data_dir / STATE_FILE) if loaded else None
-        return Admission(loaded, allow_rollback, state)
+        return Admission(loaded, allow_rollback, state, require_tenant)
 
-    def verify(self, files: BundleFiles) -> signing.PublicKey | None:
-        """The key that signed `files` (None when no keys are configured); BundleError if
-        keys are configured and no configured key signed exactly these files."""
+    def verify(self, files: BundleFiles, tenant: str | None = None) -> signing.Verified | None:
+        """The good signature of `files` (None when no keys are configured); BundleError if
+        keys are configured and no configured key signed exactly these files, for `tenant`
+        when given (see `signing.verify`)."""
         if not self.keys:
             return None
         manifest = read_manifest(files)
-        return signing.verify(files, manifest.name, manifest.version, self.keys)
+        return signing.verify(
+            files, manifest.name, manifest.version, self.keys, tenant, self.require_tenant
+        )
 
     def admit(
         self, tenant: str, source: str, new: BundleVersion, active: BundleVersion | None

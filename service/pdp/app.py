@@ -107,6 +107,7 @@ class App:
                 settings.bundle_verification_keys,
                 settings.allow_bundle_rollback,
                 settings.data_dir,
+                settings.require_tenant_bound_signatures,
             )
         except ValueError as exc:  # the version state file: never read as empty
             raise BundleError(str(settings.data_dir), [BundleProblem("", str(exc))]) from exc

@@ -135,6 +135,12 @@ def _parser() -> argparse.ArgumentParser:
         help="trusted Ed25519 public key (repeatable); every bundle must be signed by one",
     )
     serve.add_argument(
+        "--require-tenant-bound-signatures",
+        action="store_const",
+        const=True,
+        help="refuse bundle signatures that name no tenant (pdp bundle sign --tenant)",
+    )
+    serve.add_argument(
         "--allow-bundle-rollback",
         action="store_const",
         const=True,
@@ -299,6 +305,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "data_dir",
             "kill_switch_file",
             "bundle_verification_keys",
+            "require_tenant_bound_signatures",
             "allow_bundle_rollback",
             "max_bundle_age",
             "bundle_confirm_interval_seconds",

@@ -496,6 +496,12 @@ class Settings(BaseSettings):
     """Ed25519 public keys (PEM) trusted to sign bundles; several for key rotation. When
     any is set, every bundle must carry a signature (`signature.json`) by one of them."""
 
+    require_tenant_bound_signatures: bool = False
+    """With verification keys, refuse a signature that names no tenant (`pdp bundle sign
+    --tenant`): an unbound one is good for every tenant, so a tenant's signed bundle copied
+    into another tenant's source would be served there. A signature that names tenants is
+    only ever good for those, with or without this setting."""
+
     allow_bundle_rollback: bool = False
     """Serve a bundle whose manifest version is lower than the tenant's active one (or, with
     verification keys, the highest it ever served, kept in `data_dir`)."""

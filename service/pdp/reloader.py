@@ -112,7 +112,8 @@ class Reloader:
             for tenant in sorted(wanted):
                 source = found.sources[tenant]
                 try:
-                    bundles[tenant] = self._build(tenant, source, bundles.get(tenant))
+                    shared = len(found.sources) > 1
+                    bundles[tenant] = self._build(tenant, source, bundles.get(tenant), shared)
                 except BundleError as exc:
                     failures.append(exc)
                     self._failed(tenant, exc.message, bundles.get(tenant))
@@ -138,11 +139,14 @@ class Reloader:
         message = f"still changing after {MAX_READS} reads; not loaded"
         raise BundleError(str(source.path), [BundleProblem(str(source.path), message)])
 
-    def _build(self, tenant: str, source: TenantSource, previous: Bundle | None) -> Bundle:
+    def _build(
+        self, tenant: str, source: TenantSource, previous: Bundle | None, shared: bool = False
+    ) -> Bundle:
+        """`shared`: other tenants are served too (an unbound signature is then a risk)."""
         files = self._read_stable(source)
         # Verified at every read, before anything parses the policies: an unchanged digest
         # under a changed signature must be refused too.
-        self._admission.verify(files)
+        verified = self._admission.verify(files, tenant)
         if previous is not None and previous.version.digest == files.digest:
             bundle = previous  # unchanged content: keep the parsed handles
         else:
@@ -159,6 +163,16 @@ class Reloader:
                 source.path,
                 source.origin,
             )
+            if verified is not None and not verified.tenants and shared:
+                # Said per new bundle, not per re-read: the setting that closes it is named.
+                log.warning(
+                    "tenant %s: bundle %s is signed for any tenant: another tenant's signed "
+                    "bundle would be accepted here too; sign with `pdp bundle sign --tenant "
+                    "%s` and set require_tenant_bound_signatures",
+                    tenant,
+                    bundle.version.name,
+                    tenant,
+                )
         old = self._status.get(tenant)
         now = time.time()
         same = old is not None and old.version == bundle.version

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -60,20 +61,26 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     return Keys(root)
 
 
-def signed_copy(dest: Path, keys: Keys, key: str = "old", version: str | None = None) -> Path:
+def signed_copy(
+    dest: Path,
+    keys: Keys,
+    key: str = "old",
+    version: str | None = None,
+    tenants: tuple[str, ...] = (),
+) -> Path:
     shutil.copytree(POLICIES, dest)
     if version is not None:
         set_version(dest, version)
-    sign(dest, keys.private(key))
+    sign(dest, keys.private(key), tenants)
     return dest
 
 
-def sign(bundle: Path, private: Path) -> None:
+def sign(bundle: Path, private: Path, tenants: tuple[str, ...] = ()) -> None:
     """What `pdp bundle sign` does (test_cli_sign_and_verify runs it), in process: fast."""
     files = read_bundle_files(bundle)
     manifest = json.loads(files.files["manifest.json"])
     key = signing.load_private_key(private)
-    signature = signing.signature_file(files, manifest["name"], manifest["version"], key)
+    signature = signing.signature_file(files, manifest["name"], manifest["version"], key, tenants)
     (bundle / "signature.json").write_bytes(signature)
 
 
@@ -387,6 +394,140 @@ def test_cli_sign_and_verify(tmp_path: Path, keys: Keys) -> None:
     assert pdp("bundle", "sign", "--key", str(keys.private("new")), str(archive)).returncode == 0
     ok = pdp("bundle", "verify", "--key", str(keys.public("new")), str(archive))
     assert ok.returncode == 0, ok.stderr
+    assert "for any tenant" in ok.stdout
+    # Bound to tenants: verify says for which, and as another tenant it fails.
+    signed = pdp(
+        "bundle", "sign", "--key", str(keys.private("new")), "--tenant", "b", "--tenant", "a",
+        str(archive),
+    )  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    assert "for tenant(s) a, b" in signed.stdout
+    verify = ["bundle", "verify", "--key", str(keys.public("new"))]
+    for tenant in ((), ("--tenant", "a"), ("--tenant", "b", "--require-tenant-bound")):
+        ok = pdp(*verify, *tenant, str(archive))
+        assert ok.returncode == 0, (tenant, ok.stderr)
+        assert "for tenant(s) a, b" in ok.stdout
+    other = pdp(*verify, "--tenant", "c", str(archive))
+    assert other.returncode == 1
+    assert "signed for tenant(s) a, b, not for tenant c" in other.stderr
+    assert pdp(*verify, "--require-tenant-bound", str(archive)).returncode == 2
+    bad = pdp("bundle", "sign", "--key", str(keys.private("new")), "--tenant", "a b", str(b))
+    assert bad.returncode == 2
+    assert "--tenant: tenants: " in bad.stderr and "'a b' must match" in bad.stderr
+
+
+def _rebound(tenants: list[str] | None) -> Callable[[Path, Keys], None]:
+    """Edit the tenants of a bundle signed for `acme` (None: drop the field)."""
+
+    def edit(b: Path, keys: Keys) -> None:
+        sig = json.loads((b / "signature.json").read_text())
+        sig.pop("tenants")
+        if tenants is not None:
+            sig["tenants"] = tenants
+        (b / "signature.json").write_text(json.dumps(sig))
+
+    return edit
+
+
+def test_a_bundle_signed_for_one_tenant_is_refused_for_any_other(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """One start: acme's signed bundle served as acme, refused as beta (a replay into
+    another tenant's source), and every edit of its tenant list refused as a bad signature,
+    even as the tenant the edit names."""
+    acme = signed_copy(tmp_path / "acme", keys, tenants=("acme",))
+    edits = {
+        "dropped": (None, "acme"),
+        "emptied": ([], "acme"),
+        "swapped": (["beta"], "beta"),
+        "added": (["acme", "beta"], "beta"),
+    }
+    args = ["--bundle", f"acme={acme}", "--bundle", f"beta={acme}"]
+    for name, (tenants, tenant) in edits.items():
+        b = signed_copy(tmp_path / name, keys, tenants=("acme",))
+        _rebound(tenants)(b, keys)
+        args += ["--bundle", f"{tenant}-{name}={b}"] if tenant != "acme" else []
+        args += ["--bundle", f"acme{name}={b}"] if tenant == "acme" else []
+    r = pdp("serve", "--listen", "127.0.0.1:0", *trust_args(keys, tmp_path / "data"), *args)
+    assert r.returncode == 1, r.stderr
+    refusals = r.stderr.split(f"bundle {acme} refused")
+    assert len(refusals) == 2, r.stderr  # as beta only, not as acme
+    assert "signed for tenant(s) acme, not for tenant beta" in refusals[1].split("\n")[1]
+    for name in edits:
+        block = r.stderr.split(f"bundle {tmp_path / name} refused", 1)
+        assert len(block) == 2, f"{name} not refused:\n{r.stderr}"
+        assert DOES_NOT_VERIFY in block[1].split("\n")[1], (name, block[1][:300])
+    # The same bundle as acme alone serves.
+    with (
+        running_server(
+            [*trust_args(keys, tmp_path / "data"), "--no-watch", "--bundle", f"acme={acme}"]
+        ) as srv,
+        srv.channel() as ch,
+    ):
+        answer = pb_grpc.AuthorizationServiceStub(ch).Check(
+            pb.CheckRequest(tenant="acme", **_fields()), timeout=10
+        )
+        assert answer.decision == pb.DECISION_ALLOW
+
+
+def test_another_tenants_signed_bundle_is_refused_at_reload(
+    served: Served, keys: Keys, tmp_path: Path
+) -> None:
+    """acme's bundle, validly signed and of a higher version, swapped into default's
+    source: refused, counted, and default keeps serving; one signed for default serves."""
+    before = served.answer().policy_version
+    failures = served.failures()
+    foreign = signed_copy(tmp_path / "acme-9", keys, "new", "9.0.0", tenants=("acme",))
+    start = served.publish(foreign)
+    line = served.srv.wait_for_log("tenant default: bundle refused", start=start)
+    assert "keeping version 1.1.0" in line, line
+    served.srv.wait_for_log(
+        re.escape("signed for tenant(s) acme, not for tenant default"), start=start
+    )
+    assert served.answer().policy_version == before
+    assert served.failures() == failures + 1
+    ours = signed_copy(tmp_path / "ours", keys, "new", "1.2.0", tenants=("acme", "default"))
+    served.publish(ours)
+    _wait(lambda: served.answer().policy_version.version == "1.2.0")
+
+
+def test_require_tenant_bound_signatures(tmp_path: Path, keys: Keys) -> None:
+    unbound = signed_copy(tmp_path / "unbound", keys)
+    bound = signed_copy(tmp_path / "bound", keys, tenants=("default",))
+    args = [*trust_args(keys, tmp_path / "data"), "--no-watch"]
+    r = pdp(
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        *args,
+        "--require-tenant-bound-signatures",
+        "--bundle",
+        f"default={unbound}",
+    )
+    assert r.returncode == 1, r.stderr
+    assert (
+        "signature.json: signed for any tenant, and require_tenant_bound_signatures is set: "
+        "sign it for this tenant (pdp bundle sign --tenant default)"
+    ) in r.stderr
+    with (
+        running_server(
+            [*args, "--require-tenant-bound-signatures", "--bundle", f"default={bound}"]
+        ) as srv,
+        srv.channel() as ch,
+    ):
+        assert pb_grpc.AuthorizationServiceStub(ch).Check(REQ, timeout=10).decision == (
+            pb.DECISION_ALLOW
+        )
+    # Without the setting an unbound signature serves, and with other tenants beside it
+    # the server says what it risks (each tenant once, at its load).
+    acme = signed_copy(tmp_path / "acme", keys, tenants=("acme",))
+    with running_server(
+        [*args, "--bundle", f"default={unbound}", "--bundle", f"acme={acme}"]
+    ) as srv:
+        srv.wait_for_log("listening on")
+        warned = [line for line in srv.lines if "is signed for any tenant" in line]
+    assert len(warned) == 1 and "tenant default: bundle default" in warned[0], warned
+    assert "pdp bundle sign --tenant default" in warned[0]
 
 
 def _wait(condition: Callable[[], bool], timeout: float = 20) -> None:
