@@ -88,7 +88,7 @@ class Authenticator:
                 found = (name, role)  # listed twice: the higher role, as for certificates
         if found is None:
             shown = f"{TOKEN_PREFIX}{digest.hex()[:16]}… (unknown)"
-            return Caller(shown, None, Unauthenticated("the bearer token is not valid"))
+            return Caller(shown, None, Unauthenticated("the presented token is not valid"))
         roles = [found[1]] + ([self._certs[cert_id]] if cert_id in self._certs else [])
         return Caller(found[0] if cert_id is None else f"{found[0]} {cert_id}", max(roles))
 
@@ -117,7 +117,7 @@ def _bearer(headers: Sequence[str | bytes]) -> bytes | Unauthenticated:
         return Unauthenticated("authorization metadata must be `Bearer <token>`")
     token = text[len(BEARER) :].strip().encode("utf-8", "surrogateescape")
     if len(token) > MAX_TOKEN_BYTES:
-        return Unauthenticated(f"the bearer token is longer than {MAX_TOKEN_BYTES} bytes")
+        return Unauthenticated(f"the presented token is longer than {MAX_TOKEN_BYTES} bytes")
     return token
 
 
