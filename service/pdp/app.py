@@ -120,6 +120,11 @@ class App:
             freshness=self.freshness,
         )
         self.tokens = token_verifier(settings)  # None: requests carrying a token are refused
+        if self.tokens is not None:
+            # A JWKS that stops refreshing leaves tokens signed by a rotated-in key refused.
+            self.metrics.export_counters(
+                "jwks", self.tokens.keys, ("refreshes", "refresh_failures")
+            )
         self._server: PdpServer | None = None
         self._health_lock = threading.Lock()  # reloads (loop) vs. admin calls (their threads)
         self._draining = False

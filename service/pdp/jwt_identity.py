@@ -177,8 +177,9 @@ class KeyRing:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.refreshes = 0  # key sets read and accepted
-        self.failures = 0  # refreshes that failed (the last good set kept)
+        # Exported as pdp_jwks_{refreshes,refresh_failures}_total (app.py).
+        self.refreshes = 0  # key sets read and accepted, the start-up read included
+        self.refresh_failures = 0  # refreshes that failed (the last good set kept)
 
     @property
     def kids(self) -> frozenset[str]:
@@ -196,7 +197,7 @@ class KeyRing:
         try:
             keys = self._fetch()
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the last good set stays
-            self.failures += 1
+            self.refresh_failures += 1
             log.warning("JWKS refresh failed, keeping kids %s: %s", sorted(self.kids), exc)
             return False
         if keys.kids != self.kids:

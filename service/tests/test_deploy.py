@@ -21,6 +21,7 @@ from pdp._proto.v1 import value_pb2 as vpb
 
 from .metrics_support import metrics_port, scrape
 from .support import DOCS_BUNDLE, REPO, ServerProcess, running_server
+from .tokens import AUDIENCE, ISSUER, ed_key, jwks
 
 PROMETHEUS = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "pdp-dashboard.json"
@@ -49,7 +50,7 @@ def run_promtool(*args: str) -> str:
 
 
 def test_promtool_checks_the_alert_rules() -> None:
-    assert "SUCCESS: 8 rules found" in run_promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS: 9 rules found" in run_promtool("check", "rules", "alerts.yml")
 
 
 def test_promtool_unit_tests_of_the_alert_rules_pass() -> None:
@@ -71,11 +72,18 @@ def exported_names(families: dict[str, Any]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def logging_server() -> Iterator[ServerProcess]:
-    """A server with decision logs turned on (they are off by default), so the decision
-    log's counters are in its scrape."""
+def logging_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with decision logs turned on and a JWKS configured (both off by default),
+    so the decision log's and the JWKS refresher's counters are in its scrape."""
+    jwks_file = tmp_path_factory.mktemp("jwks") / "jwks.json"
+    jwks_file.write_text(jwks(ed_key("k1")))
+    env = {
+        "PDP_JWT_JWKS_FILE": str(jwks_file),
+        "PDP_JWT_ISSUER": ISSUER,
+        "PDP_JWT_AUDIENCE": AUDIENCE,
+    }
     with running_server(
-        ["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch", "--decision-log", "stdout"]
+        ["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch", "--decision-log", "stdout"], env=env
     ) as srv:
         yield srv
 

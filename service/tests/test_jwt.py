@@ -17,6 +17,7 @@ from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import authorization_pb2_grpc as pb_grpc
 from pdp._proto.v1 import value_pb2 as vpb
 
+from .metrics_support import metrics_port, scrape, value
 from .support import ServerProcess, running_server
 from .tokens import (
     AUDIENCE,
@@ -437,6 +438,10 @@ def test_rotation_over_http_and_the_last_good_key_set(tmp_path: Path) -> None:
                     "JWKS refresh failed, keeping kids \\['2026-12'\\]: HTTP Error 500"
                 )
                 srv.wait_for_log('JWKS refresh failed.*"keys" list')
+                # Operators see it without reading the log: both outcomes are counted.
+                families = scrape(metrics_port(srv))
+                assert value(families, "pdp_jwks_refresh_failures_total") >= 4
+                assert value(families, "pdp_jwks_refreshes_total") >= 2  # start-up, rotation
 
 
 def test_an_unknown_kid_asks_for_an_early_refresh_without_waiting(tmp_path: Path) -> None:
@@ -452,6 +457,9 @@ def test_an_unknown_kid_asks_for_an_early_refresh_without_waiting(tmp_path: Path
         jwt_jwks_min_refresh_seconds="0.2",
     )
     with running_server(["--bundle", f"tokens={bundle}", "--no-watch"], env=env) as srv:
+        start = scrape(metrics_port(srv))
+        assert value(start, "pdp_jwks_refreshes_total") == 1  # the start-up read
+        assert value(start, "pdp_jwks_refresh_failures_total") == 0
         with srv.channel() as ch:
             stub = pb_grpc.AuthorizationServiceStub(ch)
             jwks_file.write_text(jwks(old, new))
