@@ -523,6 +523,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"{path}: unreadable: {exc.strerror}") from None
         return v
 
+    @model_validator(mode="after")
+    def _check_tenant_binding(self) -> Settings:
+        # Without keys no signature is checked, so the setting would silently do nothing.
+        if self.require_tenant_bound_signatures and not self.bundle_verification_keys:
+            raise ValueError(
+                "require_tenant_bound_signatures: needs bundle_verification_keys (without "
+                "them no signature is checked)"
+            )
+        return self
+
     @field_validator("bundle_confirm_interval_seconds")
     @classmethod
     def _check_confirm(cls, v: float, info: ValidationInfo) -> float:

@@ -143,6 +143,9 @@ def secret_kind(key: str) -> str | None:
     return None
 
 
+MAX_PAN_DIGITS = 19
+
+
 def luhn(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -188,6 +191,8 @@ def is_card_number(run: str) -> bool:
         size = 0
         for j in range(i, len(groups)):
             size += len(groups[j])
+            if size > MAX_PAN_DIGITS:
+                break  # no card number is longer: this bounds a run's cost (linear in it)
             if size >= 12 and luhn("".join(groups[i : j + 1])):
                 return True
     return False
@@ -344,11 +349,18 @@ class Masker:
         if len(value) <= limit and not may_hold_secret(value):
             return value  # the common case: nothing any detector could match
         hits: list[str] = []
-        out = mask_text(value[: limit + _STRADDLE], hits)
+        window = value[: limit + _STRADDLE]
+        out = mask_text(window, hits)
         stats.masked += len(hits)
-        if len(value) > limit or len(out) > limit:
+        keep = limit
+        if len(window) < len(value):
+            # Only the window was scanned, and masks may have shortened it: keep no output
+            # that came from past `limit` in the value (the last _STRADDLE characters are
+            # where a secret running on past the window was not seen whole).
+            keep = max(0, keep - max(0, len(window) - len(out)))
+        if len(value) > limit or len(out) > keep:
             stats.truncated.add(where)
-            out = out[:limit] + ELLIPSIS
+            out = out[:keep] + ELLIPSIS
         return out
 
     def tree_text(self, root: str, text: str, stats: Stats, budget: int) -> str:

@@ -12,6 +12,7 @@ from pdp import signing
 from pdp.admission import Admission
 from pdp.bundle import compile_bundle
 from pdp.bundle_files import SIGNATURE_FILE, BundleFiles, build_archive, read_bundle_files
+from pdp.model import TENANT_NAME
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -100,6 +101,9 @@ def _replace(tmp: Path, target: Path, data: bytes) -> None:
 def _verify(args: argparse.Namespace) -> int:
     if args.require_tenant_bound and args.tenant is None:
         print("pdp: --require-tenant-bound needs --tenant", file=sys.stderr)
+        return EXIT_USAGE
+    if args.tenant is not None and not TENANT_NAME.fullmatch(args.tenant):
+        print(f"pdp: --tenant: {args.tenant!r} must match {TENANT_NAME.pattern}", file=sys.stderr)
         return EXIT_USAGE
     try:
         keys = tuple(signing.load_public_key(k) for k in args.key)

@@ -411,6 +411,11 @@ def test_cli_sign_and_verify(tmp_path: Path, keys: Keys) -> None:
     assert other.returncode == 1
     assert "signed for tenant(s) a, b, not for tenant c" in other.stderr
     assert pdp(*verify, "--require-tenant-bound", str(archive)).returncode == 2
+    named = pdp(*verify, "--tenant", "not a name", str(archive))
+    assert named.returncode == 2 and "--tenant: 'not a name' must match" in named.stderr
+    keyless = pdp("serve", "--listen", "127.0.0.1:0", "--require-tenant-bound-signatures")
+    assert keyless.returncode == 2
+    assert "require_tenant_bound_signatures: needs bundle_verification_keys" in keyless.stderr
     bad = pdp("bundle", "sign", "--key", str(keys.private("new")), "--tenant", "a b", str(b))
     assert bad.returncode == 2
     assert "--tenant: tenants: " in bad.stderr and "'a b' must match" in bad.stderr

@@ -36,6 +36,9 @@ MAX_MESSAGE_CHARS = 512
 # Work a line's masking may do, in output bytes: far above what is kept (MAX_ARGS_CHARS),
 # so a request is cut only after it was masked whole; past it nothing of the args is kept.
 MASK_BUDGET = 1 << 20
+# Larger requests (serialized) are not summarised: converting and masking cost grows with
+# the size, and a caller the guard refused may send the admin port's largest message.
+MAX_SUMMARISED_BYTES = 64 * 1024
 # No configured paths: those name decision-log fields (`context.*`, `entities.*`), not
 # admin arguments. The detectors and secret-named keys apply everywhere.
 _MASKER = Masker()
@@ -60,13 +63,20 @@ class AuditLog:
         code: str,
         message: str = "",
     ) -> None:
+        """One line, whatever the request holds: what cannot be summarised is marked."""
+        args, masked = summarise_masked(request)
+        if masked:
+            # The message can quote what the caller wrote, rendered in ways no detector
+            # reads (escaped by repr, JSON or Cedar; a record's list or nested values): a
+            # call whose arguments held a masked value keeps only its code.
+            message = "<withheld: the request held masked values>"
         line = json.dumps(
             {
                 "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                 "identity": identity,
                 "peer": peer,
                 "method": method,
-                "args": summarise(request),
+                "args": args,
                 "code": code,
                 "message": _MASKER.text(message, Stats(), "message", MAX_MESSAGE_CHARS),
             },
@@ -86,31 +96,47 @@ class AuditLog:
 
 
 def summarise(request: Message | Undecodable | None) -> Any:
+    return summarise_masked(request)[0]
+
+
+def summarise_masked(request: Message | Undecodable | None) -> tuple[Any, bool]:
+    """The request as the line's `args`, masked and cut, and whether anything was masked.
+    Bounded: a request over MAX_SUMMARISED_BYTES is not converted at all (an unknown
+    caller may send the admin port's largest message), and one nested too deep to walk is
+    marked, never a lost line."""
     if request is None:
-        return None
+        return None, False
     if isinstance(request, Undecodable):
-        return {"undecodable": _cut(request.reason, MAX_ARG_CHARS)}
+        return {"undecodable": _cut(request.reason, MAX_ARG_CHARS)}, False
+    size = request.ByteSize()
+    if size > MAX_SUMMARISED_BYTES:
+        return {"truncated": f"<{size} bytes: over {MAX_SUMMARISED_BYTES}, not kept>"}, False
+    stats = Stats()
     try:
-        masked = _masked(MessageToDict(request, preserving_proto_field_name=True))
+        args = _cut_strings(
+            _masked(MessageToDict(request, preserving_proto_field_name=True), stats)
+        )
+        text = json.dumps(args)
     except OverBudget:
-        return {"truncated": f"<over {MASK_BUDGET} bytes once masked: not kept>"}
-    args = _cut_strings(masked)
-    if len(json.dumps(args)) > MAX_ARGS_CHARS:
-        return {"truncated": _cut(json.dumps(args), MAX_ARGS_CHARS)}
-    return args
+        return {"truncated": f"<over {MASK_BUDGET} bytes once masked: not kept>"}, True
+    except RecursionError:  # json's and the walks' own limits: what a caller nests
+        return {"truncated": "<nested too deep to walk: not kept>"}, True
+    if len(text) > MAX_ARGS_CHARS:
+        args = {"truncated": _cut(text, MAX_ARGS_CHARS)}
+    return args, stats.masked > 0
 
 
-def _masked(args: dict[str, Any]) -> Any:
+def _masked(args: dict[str, Any], stats: Stats) -> Any:
     """`args` masked; a `*_json` field (a JSON text a caller wrote) is masked as the tree it
     holds, so its secret-named keys are found too, and kept as masked JSON text."""
-    stats = Stats()
     out = dict(args)
     for name, value in args.items():
         if name.endswith("_json") and isinstance(value, str) and value:
             try:
                 out[name] = _MASKER.tree_text("entities", value, stats, MASK_BUDGET)
-            except ValueError:  # not JSON (the call was refused): masked as a text
-                out[name] = _MASKER.text(value, stats, name, MASK_BUDGET)
+            except ValueError:  # not JSON (the call was refused): masked as a text, as
+                # far as a line keeps it
+                out[name] = _MASKER.text(value, stats, name)
     return _MASKER.tree("entities", out, stats, MASK_BUDGET)
 
 

@@ -73,8 +73,8 @@ class Authenticator:
                     ANONYMOUS,
                     None,
                     Unauthenticated(
-                        "no credentials: a client "
-                        "certificate or `authorization: Bearer <token>` metadata"
+                        "not authenticated: neither a client certificate nor a token "
+                        "in the authorization metadata"
                     ),
                 )
             return Caller(cert_id, self._certs.get(cert_id))
@@ -114,7 +114,10 @@ def _bearer(headers: Sequence[str | bytes]) -> bytes | Unauthenticated:
     value = headers[0]
     text = value.decode("latin-1") if isinstance(value, bytes) else value
     if not text[: len(BEARER)].lower() == BEARER or not text[len(BEARER) :].strip():
-        return Unauthenticated("authorization metadata must be `Bearer <token>`")
+        return Unauthenticated(
+            # Worded so that the audit log's masking (which hides `Bearer <word>`) keeps it.
+            "authorization metadata must be the word Bearer, a space, then the token"
+        )
     token = text[len(BEARER) :].strip().encode("utf-8", "surrogateescape")
     if len(token) > MAX_TOKEN_BYTES:
         return Unauthenticated(f"the presented token is longer than {MAX_TOKEN_BYTES} bytes")

@@ -6,6 +6,7 @@ to an unauthorised caller. The file is scanned for every secret in every spellin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -129,8 +130,8 @@ def test_no_secret_a_caller_writes_reaches_the_audit_log(tmp_path: Path) -> None
     # Masked, not dropped: the lines still say what was written, and each kind was seen.
     for kind in ("pan", "iban", "jwt", "bearer", "secret", "cvv"):
         assert f"<masked:{kind}>" in text, kind
-    # The server's own words stay legible: masking is for what a caller wrote.
-    assert lines[3]["message"] == "the presented token is not valid"
+    # A message can quote what was masked, in renderings no detector reads: withheld.
+    assert all(a["message"] == "<withheld: the request held masked values>" for a in lines)
     accepted = lines[2]["args"]["upserts_json"]
     assert "User" in accepted and "<masked:pan>" in accepted
 
@@ -146,3 +147,97 @@ def test_an_audit_line_keeps_what_is_not_secret() -> None:
     assert args["tenant"] == "acme"
     assert args["deletes"] == [{"type": "User", "id": "bob"}]
     assert json.loads(args["upserts_json"]) == [user("alice")]
+
+
+def test_every_call_is_one_line_whatever_it_holds(tmp_path: Path) -> None:
+    """Nested past what can be walked, larger than is summarised, with no credentials:
+    each call still has its line, marked, and a refused caller's large request is not
+    converted (its size is all that is kept)."""
+    from pdp.admin.audit import MAX_SUMMARISED_BYTES
+
+    audit = tmp_path / "audit.log"
+    deep = epb.WriteEntitiesRequest(upserts_json="[" * 60_000)  # under the size cap
+    # Built as text: json itself cannot write what it cannot read back.
+    attrs = '{"k":' * 2_000 + '"x"' + "}" * 2_000
+    deep_json = epb.WriteEntitiesRequest(
+        upserts_json='[{"uid": {"type": "User", "id": "d"}, "attrs": ' + attrs + "}]"
+    )
+    large = epb.WriteEntitiesRequest(upserts_json=json.dumps([user(f"u{i}") for i in range(2_000)]))
+    assert large.ByteSize() > MAX_SUMMARISED_BYTES
+    with store_server(tmp_path, "--admin-audit-log", str(audit)) as (srv, _, entities):
+        for request in (deep, deep_json):
+            with contextlib.suppress(grpc.RpcError):
+                entities.Write(request, timeout=30)
+        with grpc.insecure_channel(f"127.0.0.1:{admin_port(srv)}") as ch:
+            stranger = epb_grpc.EntityServiceStub(ch)
+            for request, metadata in (
+                (deep, bearer(BAD_TOKEN)),
+                (large, bearer(BAD_TOKEN)),
+                (large, None),
+            ):
+                with contextlib.suppress(grpc.RpcError):
+                    stranger.Write(request, timeout=30, metadata=metadata)
+    lines = [a for a in audit_lines(audit) if a["method"].endswith("EntityService/Write")]
+    assert [a["code"] for a in lines] == [
+        "INVALID_ARGUMENT",
+        "INVALID_ARGUMENT",
+        "UNAUTHENTICATED",
+        "UNAUTHENTICATED",
+        "UNAUTHENTICATED",
+    ], lines
+    assert lines[0]["args"] == {"truncated": "<nested too deep to walk: not kept>"}
+    assert lines[2]["args"] == lines[0]["args"]
+    assert lines[1]["args"] == lines[0]["args"]
+    size = large.ByteSize()
+    for line in lines[3:]:
+        assert line["args"] == {
+            "truncated": f"<{size} bytes: over {MAX_SUMMARISED_BYTES}, not kept>"
+        }
+    assert lines[3]["message"] == "the presented token is not valid"
+    # The server's own words, legible: nothing in them is a caller's.
+    assert lines[4]["message"] == (
+        "not authenticated: neither a client certificate nor a token in the authorization metadata"
+    )
+
+
+def test_a_message_is_withheld_when_the_arguments_held_a_masked_value() -> None:
+    """Server messages quote a caller's values in renderings no detector reads (repr's
+    `\\n`, Cedar's records with list values): with anything masked, only the code stays."""
+    from pdp.admin.audit import AuditLog
+
+    lines: list[str] = []
+
+    class Capture(AuditLog):
+        def __init__(self) -> None:
+            super().__init__(None)
+
+    log = Capture()
+    secret = epb.WriteEntitiesRequest(tenant="4111\n1111\n1111\n1111")
+    plain = epb.WriteEntitiesRequest(tenant="acme")
+    message = "no tenant '4111\\n1111\\n1111\\n1111'"
+    import logging
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Grab()
+    logger = logging.getLogger("pdp.audit")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        for request in (secret, plain):
+            log.record(
+                identity="i",
+                peer="p",
+                method="m",
+                request=request,
+                code="NOT_FOUND",
+                message=message if request is secret else "no tenant 'acme'",
+            )
+    finally:
+        logger.removeHandler(handler)
+    first, second = (json.loads(x) for x in lines)
+    assert first["message"] == "<withheld: the request held masked values>"
+    assert first["args"] == {"tenant": "<masked:pan>"}
+    assert second["message"] == "no tenant 'acme'"

@@ -1,0 +1,108 @@
+"""Masking's bounds, found by attacking the admin audit log (they hold for decision logs
+too, which share `Masker.text`): a digit run costs a number of Luhn checks linear in its
+groups, and cutting a value whose window shrank under masks never keeps digits from past
+the scanned window."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pdp import masking
+from pdp.masking import MAX_PAN_DIGITS, MAX_VALUE_CHARS, Masker, Stats, is_card_number, luhn
+
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZTEyMyJ9."
+    "c2lnbmF0dXJlLWJ5dGVzLWhlcmUtMTIzNDU2"
+)
+PANS = ["4111111111111111", "5500000000000004", "340000000000009", "6011000000000004"]
+
+
+def unmatched_run(groups: int) -> str:
+    """Single-digit groups in which no stretch of 12..19 digits passes Luhn: the scan
+    finds nothing, so it cannot stop early (the attacker's input)."""
+    digits = ""
+    for _ in range(groups):
+        digits += next(
+            c
+            for c in "0123456789"
+            if not any(
+                luhn((digits + c)[-n:])
+                for n in range(12, MAX_PAN_DIGITS + 1)
+                if n <= len(digits) + 1
+            )
+        )
+    return " ".join(digits)
+
+
+@pytest.mark.parametrize("groups", [50, 500, 5000])
+def test_a_digit_run_costs_luhn_checks_linear_in_its_groups(
+    groups: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = Counter[str]()
+    real = masking.luhn
+
+    def counted(digits: str) -> bool:
+        calls["luhn"] += 1
+        calls["digits"] += len(digits)
+        return real(digits)
+
+    monkeypatch.setattr(masking, "luhn", counted)
+    assert not is_card_number(unmatched_run(groups))
+    # At most one check per window of whole groups of 12..19 digits: 8 per start.
+    assert calls["luhn"] <= 8 * groups, calls
+    assert calls["digits"] <= 8 * MAX_PAN_DIGITS * groups, calls
+    assert calls["luhn"] >= groups  # the run was scanned, not skipped
+
+
+def test_a_card_number_is_still_found_among_grouped_digits() -> None:
+    assert is_card_number("qty 2 4111 1111 1111 1111 7".split(" ", 2)[2])
+    assert is_card_number("4111 1111 1111 1111")
+    assert is_card_number("9 9 9 " + "4111 1111 1111 1111")
+    assert not is_card_number("4111 1111 1111 1112")
+
+
+@st.composite
+def shrinking_values(draw: st.DrawFn) -> tuple[str, str]:
+    """A value that masks shorten (JWTs, other PANs) before a PAN placed near the end of
+    the scanned window, then more text: (value, the PAN)."""
+    shrinkers = draw(st.lists(st.sampled_from([JWT, JWT, *PANS]), min_size=0, max_size=2))
+    head = "".join(s + " " for s in shrinkers)
+    pan = draw(st.sampled_from(PANS))
+    window = MAX_VALUE_CHARS + masking._STRADDLE
+    # Anywhere, or across the window's end (where a cut after shrinking used to leak).
+    at = max(
+        len(head), draw(st.integers(len(head), window + 10) | st.integers(window - 15, window - 1))
+    )
+    pad = "x" * max(0, at - len(head))
+    tail = draw(st.sampled_from([" tail", "x" * 300, " " + JWT]))
+    return head + pad + pan + tail, pan
+
+
+def test_a_cut_never_keeps_digits_from_past_the_scanned_window() -> None:
+    seen = Counter[str]()
+
+    @settings(max_examples=600, deadline=None)
+    @given(shrinking_values())
+    def prop(case: tuple[str, str]) -> None:
+        value, pan = case
+        out = Masker().text(value, Stats(), "x")
+        assert len(out) <= MAX_VALUE_CHARS + 1
+        for run in re.findall(r"\d{12,}", out):
+            assert run not in pan, (run, out)  # no 12+ digits of the card survive
+        start = value.index(pan)
+        shrunk = any(s in value[:start] for s in (JWT, *PANS))
+        window = MAX_VALUE_CHARS + masking._STRADDLE
+        if shrunk and start < window < start + len(pan):
+            seen["straddling a shrunk window"] += 1
+        elif start + len(pan) <= window:
+            seen["inside"] += 1
+        else:
+            seen["past"] += 1
+
+    prop()
+    assert min(seen["straddling a shrunk window"], seen["inside"], seen["past"]) >= 30, seen
