@@ -375,7 +375,7 @@ class DecisionLogger:
             [
                 {
                     "policy_id": e.policy_id,
-                    "message": m.text(e.message, stats, "errors", MAX_MESSAGE),
+                    "message": m.message(e.message, stats, "errors", MAX_MESSAGE),
                 }
                 for e in res.errors
             ]

@@ -305,6 +305,20 @@ def json_may_hold_secret(text: str) -> bool:
     )
 
 
+# Escapes of Rust's `{:?}` (Cedar's messages), Python's repr and JSON.
+_ESCAPE = re.compile(r"\\(?:u\{([0-9a-fA-F]{1,6})\}|u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([ntr0]))")
+_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+
+
+def _unescaped(m: re.Match[str]) -> str:
+    if m[4] is not None:
+        return _SIMPLE_ESCAPES[m[4]]
+    code = int(m[1] or m[2] or m[3], 16)
+    if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:  # no character: kept as written
+        return m[0]
+    return chr(code)
+
+
 def parse_path(path: str) -> tuple[str, ...]:
     """`context.customer.email` -> its keys; ValueError naming what is wrong."""
     parts = tuple(path.split("."))
@@ -362,6 +376,15 @@ class Masker:
             stats.truncated.add(where)
             out = out[:keep] + ELLIPSIS
         return out
+
+    def message(self, value: str, stats: Stats, where: str, limit: int = MAX_VALUE_CHARS) -> str:
+        """An error message, which may quote a caller's string escaped (Cedar's and
+        Python's `\\n`, `\\u{a0}`, `\\xa0`, JSON's `\\u00a0`): the escapes are read
+        back first, so a card number written with newlines between its groups is seen
+        as one. Then `text`."""
+        if "\\" in value:
+            value = _ESCAPE.sub(_unescaped, value)
+        return self.text(value, stats, where, limit)
 
     def tree_text(self, root: str, text: str, stats: Stats, budget: int) -> str:
         """A JSON text (`context` or `entities`), masked, as one line of JSON; OverBudget

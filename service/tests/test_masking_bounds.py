@@ -5,6 +5,7 @@ the scanned window."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 
@@ -106,3 +107,53 @@ def test_a_cut_never_keeps_digits_from_past_the_scanned_window() -> None:
 
     prop()
     assert min(seen["straddling a shrunk window"], seen["inside"], seen["past"]) >= 30, seen
+
+
+def rust_debug(s: str) -> str:
+    """How Cedar (Rust's `{:?}`) quotes a string in its messages."""
+    out = []
+    for ch in s:
+        if ch in "\n\t\r":
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}[ch])
+        elif ch.isprintable() and ch != "\xa0":
+            out.append(ch)
+        else:
+            out.append(f"\\u{{{ord(ch):x}}}")
+    return '"' + "".join(out) + '"'
+
+
+RENDERINGS = {
+    "repr": repr,
+    "json": json.dumps,
+    "json-utf8": lambda s: json.dumps(s, ensure_ascii=False),
+    "rust": rust_debug,
+}
+
+
+def test_a_message_quoting_a_card_number_escaped_is_masked() -> None:
+    """Error messages quote a caller's strings escaped; the separators people type between
+    a card's groups (newlines, tabs, no-break spaces) must not hide it."""
+    seen = Counter[str]()
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.sampled_from(PANS),
+        st.sampled_from(["\n", "\t", "\xa0", "\u2007", " ", "-"]),
+        st.sampled_from(sorted(RENDERINGS)),
+        st.text(alphabet="abc :'`", max_size=20),
+    )
+    def prop(pan: str, sep: str, how: str, around: str) -> None:
+        written = sep.join(pan[i : i + 4] for i in range(0, len(pan), 4))
+        message = f"{around}attribute has type string: {RENDERINGS[how](written)}{around}"
+        out = Masker().message(message, Stats(), "m", 512)
+        assert pan not in re.sub(r"\D", "", out), (message, out)
+        assert "<masked:pan>" in out, (message, out)
+        seen[how] += 1
+        seen[repr(sep)] += 1
+
+    prop()
+    assert min(seen[h] for h in RENDERINGS) >= 40, seen
+    assert seen[repr("\n")] >= 30 and seen[repr("\xa0")] >= 30, seen
+    # Nothing else changes: a message without escapes or secrets is kept as written.
+    plain = 'entity `User::"bob"` has no attribute `org`'
+    assert Masker().message(plain, Stats(), "m") == plain

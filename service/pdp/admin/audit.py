@@ -78,7 +78,7 @@ class AuditLog:
                 "method": method,
                 "args": args,
                 "code": code,
-                "message": _MASKER.text(message, Stats(), "message", MAX_MESSAGE_CHARS),
+                "message": _MASKER.message(message, Stats(), "message", MAX_MESSAGE_CHARS),
             },
             separators=(",", ":"),
         )
