@@ -64,6 +64,8 @@ _CVV_PARTS = ("cvv", "cvc", "securitycode", "cardverification")
 _CVV_NAMES = frozenset({"cvn", "csc", "cav2", "cid2"})
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 
+# A JWT's start running to the end of what was scanned (its signature, or more, past it).
+_JWT_OPEN = re.compile(r"e[w-z0-9_-][A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*\Z")
 _JWT = re.compile(r"e[w-z0-9_-][A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){1,3}")
 # Separators may be URL-encoded (`Bearer%20tok`, `Authorization%3A%20Bearer%20tok`) or
 # quotes (`Bearer "tok"`). Linear: the separator and credential classes are disjoint.
@@ -101,8 +103,8 @@ _JSON_LINE = re.compile(r"[^\x20-\x7e]")  # what keeps a JSON text from being on
 _IBAN_START = re.compile(r"(?=[A-Za-z]{2}[0-9]{2})")
 # Digits of any script (`\d`: full-width `４１１１` too), one separator at most between two:
 # a space of any kind, a tab, a dot or a dash, as people and forms write card numbers.
-_DIGIT_RUN = re.compile(r"(?<!\d)\d(?:[\s.\-]?\d){11,}")
-_SEPARATOR = re.compile(r"[\s.\-]")
+_DIGIT_RUN = re.compile(r"(?<!\d)\d(?:(?:\r\n|[\s.\-])?\d){11,}")
+_SEPARATOR = re.compile(r"\r\n|[\s.\-]")
 
 # IBAN lengths by country (SWIFT IBAN registry); an unlisted country is checked at every
 # length from 15 to 34, so a new country's IBANs are masked too.
@@ -185,8 +187,10 @@ def is_card_number(run: str) -> bool:
     if not run.isascii():  # digits of another script count as the ASCII ones they mean
         run = "".join(str(unicodedata.decimal(c, c)) for c in run)
     groups = _SEPARATOR.split(run)
-    if len(groups) == 1 and len(run) > 19:
-        return luhn_window(run)
+    # A group longer than a card number holds any stretch of it, as an unbroken run does
+    # (a PAN with its expiry glued on, then a CVV: `41111111111111111225 123`).
+    if any(len(g) > MAX_PAN_DIGITS and luhn_window(g) for g in groups):
+        return True
     for i in range(len(groups)):
         size = 0
         for j in range(i, len(groups)):
@@ -306,14 +310,23 @@ def json_may_hold_secret(text: str) -> bool:
 
 
 # Escapes of Rust's `{:?}` (Cedar's messages), Python's repr and JSON.
-_ESCAPE = re.compile(r"\\(?:u\{([0-9a-fA-F]{1,6})\}|u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([ntr0]))")
-_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+# A run of backslashes is read as one: a value quoted twice (`\\\\n`) is the same value.
+_ESCAPE = re.compile(
+    r"\\+(?:u\{([0-9a-fA-F]{1,6})\}|u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|U([0-9a-fA-F]{8})"
+    r"|([ntr0fvb]))"
+)
+_SIMPLE_ESCAPES = {
+    "n": "\n", "t": "\t", "r": "\r", "0": "\0", "f": "\f", "v": "\v", "b": " "
+}  # fmt: skip
+# An escape is at most this long (`\U0010ffff`): unescaping this many times the scanned
+# window's characters covers all of it, and bounds the work on a long message.
+_LONGEST_ESCAPE = 10
 
 
 def _unescaped(m: re.Match[str]) -> str:
-    if m[4] is not None:
-        return _SIMPLE_ESCAPES[m[4]]
-    code = int(m[1] or m[2] or m[3], 16)
+    if m[5] is not None:
+        return _SIMPLE_ESCAPES[m[5]]
+    code = int(m[1] or m[2] or m[3] or m[4], 16)
     if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:  # no character: kept as written
         return m[0]
     return chr(code)
@@ -367,6 +380,11 @@ class Masker:
         out = mask_text(window, hits)
         stats.masked += len(hits)
         keep = limit
+        if len(window) < len(value) and _JWT_OPEN.search(out):
+            # A JWT longer than the window: its second dot was never seen.
+            out = _JWT_OPEN.sub(MASK.format("jwt"), out)
+            hits.append("jwt")
+            stats.masked += 1
         if len(window) < len(value):
             # Only the window was scanned, and masks may have shortened it: keep no output
             # that came from past `limit` in the value (the last _STRADDLE characters are
@@ -383,7 +401,8 @@ class Masker:
         back first, so a card number written with newlines between its groups is seen
         as one. Then `text`."""
         if "\\" in value:
-            value = _ESCAPE.sub(_unescaped, value)
+            head = value[: (limit + _STRADDLE) * _LONGEST_ESCAPE]
+            value = _ESCAPE.sub(_unescaped, head) + value[len(head) :]
         return self.text(value, stats, where, limit)
 
     def tree_text(self, root: str, text: str, stats: Stats, budget: int) -> str:
@@ -415,6 +434,7 @@ class Masker:
 class _Walk:
     def __init__(self, masker: Masker, stats: Stats, root: str, budget: int) -> None:
         self.masker, self.stats, self.root, self.left = masker, stats, root, budget
+        self.alike: dict[str, int] = {}  # masked key -> the next number to try
 
     def spend(self, size: int) -> None:
         self.left -= size
@@ -461,8 +481,12 @@ class _Walk:
                 self.stats.masked += 1
                 continue
             name = self.masker.text(key, self.stats, self.root)
-            while name in out:  # two keys masked alike: keep both values apart
-                name += "'"
+            if name in out:  # two keys masked alike: keep both values apart
+                n = self.alike.get(name, 1)
+                while f"{name}'{n}" in out:
+                    n += 1
+                self.alike[name] = n + 1
+                name = f"{name}'{n}"
             self.spend(len(name) + 4)
             kind = "path" if action is False else secret_kind(key)
             if kind is not None:

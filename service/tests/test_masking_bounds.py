@@ -124,6 +124,7 @@ def rust_debug(s: str) -> str:
 
 RENDERINGS = {
     "repr": repr,
+    "json-twice": lambda s: json.dumps(json.dumps(s)),  # a message quoting a quoted value
     "json": json.dumps,
     "json-utf8": lambda s: json.dumps(s, ensure_ascii=False),
     "rust": rust_debug,
@@ -138,7 +139,7 @@ def test_a_message_quoting_a_card_number_escaped_is_masked() -> None:
     @settings(max_examples=400, deadline=None)
     @given(
         st.sampled_from(PANS),
-        st.sampled_from(["\n", "\t", "\xa0", "\u2007", " ", "-"]),
+        st.sampled_from(["\n", "\t", "\xa0", "\u2007", " ", "-", "\f", "\r\n"]),
         st.sampled_from(sorted(RENDERINGS)),
         st.text(alphabet="abc :'`", max_size=20),
     )
@@ -157,3 +158,32 @@ def test_a_message_quoting_a_card_number_escaped_is_masked() -> None:
     # Nothing else changes: a message without escapes or secrets is kept as written.
     plain = 'entity `User::"bob"` has no attribute `org`'
     assert Masker().message(plain, Stats(), "m") == plain
+
+
+def test_a_long_group_glued_to_a_card_number_is_still_checked() -> None:
+    """A PAN with its expiry glued on, then a CVV: the long group is a run of its own."""
+    assert is_card_number("41111111111111111225 123")
+    assert is_card_number("00004111111111111111 5")
+    out = Masker().text("card 41111111111111111225 123", Stats(), "x")
+    assert "4111111111111111" not in out and "<masked:pan>" in out
+
+
+def test_keys_masked_alike_are_numbered_not_grown() -> None:
+    """1,400 keys that all mask to one name: distinct, each a few characters longer than
+    the masked name (the output grows linearly with the keys, not quadratically)."""
+    import itertools
+    import string
+
+    keys = ["pin=" + "".join(t) for t in itertools.product(string.ascii_letters, repeat=3)]
+    tree = {k: 0 for k in keys[:1_400]}
+    out = Masker().tree("entities", tree, Stats(), 1 << 20)
+    assert len(out) == 1_400
+    base = "pin=<masked:secret>"
+    assert set(out) == {base} | {f"{base}'{n}" for n in range(1, 1_400)}
+
+
+def test_a_jwt_longer_than_the_scanned_window_is_masked() -> None:
+    claims = "eyJzdWIiOiJhbGljZSIsImVtYWlsIjoiYWxpY2VAZXhhbXBsZS5jb20ifQ" * 6  # past 304
+    token = "eyJhbGciOiJSUzI1NiJ9." + claims + "." + "S" * 342
+    out = Masker().text(f"token {token}", Stats(), "x")
+    assert "eyJ" not in out and "ZXhhbXBsZS5jb20" not in out, out
