@@ -294,10 +294,32 @@ def mask_all(text: str, hits: list[str]) -> str:
         return replace
 
     text = _JWT.sub(sub("jwt"), text)
+    before = text
     text = _AUTH.sub(sub("bearer"), text)
     text = _mask_pairs(text, hits)
+    # A credential or a secret-named pair ends at a space, so one whose value is a spaced
+    # card number takes only its first group (`cvv: 4111 1111 1111 1111`): the card is
+    # found in the text before them, and what is left of it masked below.
+    cards = [] if text == before else [m[0] for m in _DIGIT_RUN.finditer(before)]
     text = _mask_ibans(text, hits)
-    return _DIGIT_RUN.sub(sub("pan"), text)
+    text = _DIGIT_RUN.sub(sub("pan"), text)
+    for run in cards:
+        if is_card_number(run):
+            text = _mask_rest(text, run, hits)
+    return text
+
+
+def _mask_rest(text: str, run: str, hits: list[str]) -> str:
+    """`text` with the longest tail of card number `run` (from a group on, 8 digits or
+    more) that it still holds masked."""
+    for cut in _SEPARATOR.finditer(run):
+        rest = run[cut.end() :]
+        if sum(c.isdigit() for c in rest) < 8:
+            break
+        if rest in text:
+            hits.append("pan")
+            return text.replace(rest, MASK.format("pan"))
+    return text
 
 
 def json_may_hold_secret(text: str) -> bool:

@@ -187,3 +187,26 @@ def test_a_jwt_longer_than_the_scanned_window_is_masked() -> None:
     token = "eyJhbGciOiJSUzI1NiJ9." + claims + "." + "S" * 342
     out = Masker().text(f"token {token}", Stats(), "x")
     assert "eyJ" not in out and "ZXhhbXBsZS5jb20" not in out, out
+
+
+def test_a_credential_or_secret_pair_does_not_take_half_a_card_number() -> None:
+    """A pair's value ends at a space: one whose value is a spaced card number takes its
+    first group only, and what is left of the card is masked as a card."""
+    seen = Counter[str]()
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.sampled_from(["cvv: ", "password=", "api_key: ", "Bearer ", "token=", "note: "]),
+        st.sampled_from(PANS),
+        st.sampled_from([" ", "-", "\n"]),
+        st.sampled_from(["", " tail", ", then 1234"]),
+    )
+    def prop(lead: str, pan: str, sep: str, tail: str) -> None:
+        spaced = sep.join(pan[i : i + 4] for i in range(0, len(pan), 4))
+        out = Masker().text(f"pay {lead}{spaced}{tail}", Stats(), "x")
+        digits = re.sub(r"\D", "", out.replace("1234", ""))
+        assert not any(pan[i : i + 8] in digits for i in range(len(pan) - 7)), (lead, out)
+        seen[lead.strip(" :=")] += 1
+
+    prop()
+    assert min(seen.values()) >= 20 and len(seen) == 6, seen
