@@ -103,8 +103,16 @@ _JSON_LINE = re.compile(r"[^\x20-\x7e]")  # what keeps a JSON text from being on
 _IBAN_START = re.compile(r"(?=[A-Za-z]{2}[0-9]{2})")
 # Digits of any script (`\d`: full-width `４１１１` too), one separator at most between two:
 # a space of any kind, a tab, a dot or a dash, as people and forms write card numbers.
-_DIGIT_RUN = re.compile(r"(?<!\d)\d(?:(?:\r\n|[\s.\-])?\d){11,}")
-_SEPARATOR = re.compile(r"\r\n|[\s.\-]")
+# A run starts after a non-digit or right after a URL escape (`%20`, whose hex digits are
+# not the card's), never inside one; `%20` also separates groups (`4111%201111...`).
+_DIGIT_RUN = re.compile(
+    r"(?<!%)(?<!%[0-9A-Fa-f])(?:(?<=%[0-9A-Fa-f]{2})|(?<!\d))"
+    r"\d(?:(?:\r\n|%20|[\s.\-])?\d){11,}"
+)
+_SEPARATOR = re.compile(r"\r\n|%20|[\s.\-]")
+# A digit run right after a credential's or pair's mask and one separator: where what is
+# left of a card that mask took the first group of stands.
+_AFTER_MASK = re.compile(r"(<masked:(?:bearer|secret|cvv)>(?:\r\n|%20|[\s.\-\"']))(\d[\d\s.\-%]*)")
 
 # IBAN lengths by country (SWIFT IBAN registry); an unlisted country is checked at every
 # length from 15 to 34, so a new country's IBANs are masked too.
@@ -156,12 +164,12 @@ def luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
-def luhn_window(digits: str) -> bool:
-    """Whether some 12-19 digit stretch of `digits` passes the Luhn check, in O(len) per
-    stretch length: prefix sums of each digit's value as written and as doubled, by parity."""
+def _luhn_sums(digits: str) -> tuple[list[int], list[int]]:
+    """Prefix sums of each digit's Luhn value by parity: the stretch `digits[a:b]` passes
+    the Luhn check when `(sums[b] - sums[a]) % 10 == 0`, `sums` being `even` if `b - 1` is
+    even, else `odd` (digits of the last one's parity count as written, the others
+    doubled). One pass: every stretch is then checked in O(1)."""
     n = len(digits)
-    # even[p] / odd[p]: Luhn sum of digits[:p] for a stretch ending at an even / odd index
-    # (digits of that parity count as written, the others doubled).
     even = [0] * (n + 1)
     odd = [0] * (n + 1)
     for i, ch in enumerate(digits):
@@ -169,11 +177,21 @@ def luhn_window(digits: str) -> bool:
         dd = d * 2 - 9 if d > 4 else d * 2
         even[i + 1] = even[i] + (d if i % 2 == 0 else dd)
         odd[i + 1] = odd[i] + (dd if i % 2 == 0 else d)
-    for end in range(11, n):
-        sums = even if end % 2 == 0 else odd
-        top = sums[end + 1]
-        for length in range(12, min(19, end + 1) + 1):
-            if (top - sums[end + 1 - length]) % 10 == 0:
+    return even, odd
+
+
+def _passes(sums: tuple[list[int], list[int]], a: int, b: int) -> bool:
+    """Whether `digits[a:b]` passes the Luhn check (`_luhn_sums`)."""
+    table = sums[0] if (b - 1) % 2 == 0 else sums[1]
+    return (table[b] - table[a]) % 10 == 0
+
+
+def luhn_window(digits: str) -> bool:
+    """Whether some 12-19 digit stretch of `digits` passes the Luhn check, in O(len)."""
+    sums = _luhn_sums(digits)
+    for end in range(12, len(digits) + 1):
+        for length in range(12, min(MAX_PAN_DIGITS, end) + 1):
+            if _passes(sums, end - length, end):
                 return True
     return False
 
@@ -183,7 +201,8 @@ def is_card_number(run: str) -> bool:
     a Luhn-valid 12-19 digit stretch made of whole groups (`4111 1111 1111 1111` in
     `qty 2 4111 1111 1111 1111 7`). More than 19 digits with no separator count if any
     stretch of them passes (nearly always: such a run is masked); 12-19 digits with no
-    separator only as a whole, as one Luhn check in ten passes by chance."""
+    separator only as a whole, as one Luhn check in ten passes by chance. Linear in the
+    run: every stretch is checked in O(1) from prefix sums."""
     if not run.isascii():  # digits of another script count as the ASCII ones they mean
         run = "".join(str(unicodedata.decimal(c, c)) for c in run)
     groups = _SEPARATOR.split(run)
@@ -191,13 +210,17 @@ def is_card_number(run: str) -> bool:
     # (a PAN with its expiry glued on, then a CVV: `41111111111111111225 123`).
     if any(len(g) > MAX_PAN_DIGITS and luhn_window(g) for g in groups):
         return True
+    digits = "".join(groups)
+    sums = _luhn_sums(digits)
+    starts = [0]
+    for g in groups:
+        starts.append(starts[-1] + len(g))
     for i in range(len(groups)):
-        size = 0
-        for j in range(i, len(groups)):
-            size += len(groups[j])
+        for j in range(i + 1, len(groups) + 1):
+            size = starts[j] - starts[i]
             if size > MAX_PAN_DIGITS:
                 break  # no card number is longer: this bounds a run's cost (linear in it)
-            if size >= 12 and luhn("".join(groups[i : j + 1])):
+            if size >= 12 and _passes(sums, starts[i], starts[j]):
                 return True
     return False
 
@@ -303,23 +326,38 @@ def mask_all(text: str, hits: list[str]) -> str:
     cards = [] if text == before else [m[0] for m in _DIGIT_RUN.finditer(before)]
     text = _mask_ibans(text, hits)
     text = _DIGIT_RUN.sub(sub("pan"), text)
+    cards = [run for run in cards if is_card_number(run)]
+    return _mask_rest(text, cards, hits) if cards else text
+
+
+def _mask_rest(text: str, cards: list[str], hits: list[str]) -> str:
+    """`text` with what is left of each card in `cards` (a tail from a group on, 8 digits
+    or more) masked where it stands: right after a credential's or pair's mask."""
+    tails: set[str] = set()
     for run in cards:
-        if is_card_number(run):
-            text = _mask_rest(text, run, hits)
-    return text
+        # A mask takes the value up to a space: the first group, or the first few when
+        # they are joined by dashes or dots. Digits counted once, not per tail.
+        left = sum(c.isdigit() for c in run)
+        start = 0
+        for n, cut in enumerate(_SEPARATOR.finditer(run)):
+            left -= sum(c.isdigit() for c in run[start : cut.start()])
+            start = cut.end()
+            if left < 8 or n == MAX_PAN_DIGITS:
+                break
+            tails.add(run[start:])
+    if not tails:
+        return text
+    longest_first = sorted(tails, key=len, reverse=True)
 
+    def replace(m: re.Match[str]) -> str:
+        after = m[2]
+        for tail in longest_first:
+            if after.startswith(tail) and not after[len(tail) : len(tail) + 1].isdigit():
+                hits.append("pan")
+                return m[1] + MASK.format("pan") + after[len(tail) :]
+        return m[0]
 
-def _mask_rest(text: str, run: str, hits: list[str]) -> str:
-    """`text` with the longest tail of card number `run` (from a group on, 8 digits or
-    more) that it still holds masked."""
-    for cut in _SEPARATOR.finditer(run):
-        rest = run[cut.end() :]
-        if sum(c.isdigit() for c in rest) < 8:
-            break
-        if rest in text:
-            hits.append("pan")
-            return text.replace(rest, MASK.format("pan"))
-    return text
+    return _AFTER_MASK.sub(replace, text)
 
 
 def json_may_hold_secret(text: str) -> bool:
