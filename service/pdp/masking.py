@@ -156,14 +156,6 @@ def secret_kind(key: str) -> str | None:
 MAX_PAN_DIGITS = 19
 
 
-def luhn(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        total += (d * 2 - 9 if d > 4 else d * 2) if i % 2 else d
-    return total % 10 == 0
-
-
 def _luhn_sums(digits: str) -> tuple[list[int], list[int]]:
     """Prefix sums of each digit's Luhn value by parity: the stretch `digits[a:b]` passes
     the Luhn check when `(sums[b] - sums[a]) % 10 == 0`, `sums` being `even` if `b - 1` is
@@ -440,12 +432,10 @@ class Masker:
         out = mask_text(window, hits)
         stats.masked += len(hits)
         keep = limit
-        if len(window) < len(value) and _JWT_OPEN.search(out):
-            # A JWT longer than the window: its second dot was never seen.
-            out = _JWT_OPEN.sub(MASK.format("jwt"), out)
-            hits.append("jwt")
-            stats.masked += 1
         if len(window) < len(value):
+            if _JWT_OPEN.search(out):  # a JWT longer than the window: its second dot unseen
+                out = _JWT_OPEN.sub(MASK.format("jwt"), out)
+                stats.masked += 1
             # Only the window was scanned, and masks may have shortened it: keep no output
             # that came from past `limit` in the value (the last _STRADDLE characters are
             # where a secret running on past the window was not seen whole).

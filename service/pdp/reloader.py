@@ -109,10 +109,10 @@ class Reloader:
             for tenant in sorted(bundles.keys() - found.sources.keys() - found.conflicts.keys()):
                 self._vanished(tenant, bundles[tenant])
             wanted = found.sources.keys() if tenants is None else tenants & found.sources.keys()
+            shared = len(found.sources) > 1  # other tenants served: unbound signatures risk
             for tenant in sorted(wanted):
                 source = found.sources[tenant]
                 try:
-                    shared = len(found.sources) > 1
                     bundles[tenant] = self._build(tenant, source, bundles.get(tenant), shared)
                 except BundleError as exc:
                     failures.append(exc)

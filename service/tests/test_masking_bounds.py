@@ -14,13 +14,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pdp import masking
-from pdp.masking import MAX_PAN_DIGITS, MAX_VALUE_CHARS, Masker, Stats, is_card_number, luhn
+from pdp.masking import MAX_PAN_DIGITS, MAX_VALUE_CHARS, Masker, Stats, is_card_number
 
 JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZTEyMyJ9."
     "c2lnbmF0dXJlLWJ5dGVzLWhlcmUtMTIzNDU2"
 )
 PANS = ["4111111111111111", "5500000000000004", "340000000000009", "6011000000000004"]
+
+
+def luhn(digits: str) -> bool:
+    """The Luhn check, written out here: the reference the masker's prefix sums are held to."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        total += (d * 2 - 9 if d > 4 else d * 2) if i % 2 else d
+    return total % 10 == 0
 
 
 def unmatched_run(groups: int) -> str:

@@ -200,44 +200,24 @@ def test_every_call_is_one_line_whatever_it_holds(tmp_path: Path) -> None:
     )
 
 
-def test_a_message_is_withheld_when_the_arguments_held_a_masked_value() -> None:
+def test_a_message_is_withheld_when_the_arguments_held_a_masked_value(tmp_path: Path) -> None:
     """Server messages quote a caller's values in renderings no detector reads (repr's
     `\\n`, Cedar's records with list values): with anything masked, only the code stays."""
     from pdp.admin.audit import AuditLog
 
-    lines: list[str] = []
-
-    class Capture(AuditLog):
-        def __init__(self) -> None:
-            super().__init__(None)
-
-    log = Capture()
-    secret = epb.WriteEntitiesRequest(tenant="4111\n1111\n1111\n1111")
-    plain = epb.WriteEntitiesRequest(tenant="acme")
-    message = "no tenant '4111\\n1111\\n1111\\n1111'"
-    import logging
-
-    class Grab(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    handler = Grab()
-    logger = logging.getLogger("pdp.audit")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        for request in (secret, plain):
-            log.record(
-                identity="i",
-                peer="p",
-                method="m",
-                request=request,
-                code="NOT_FOUND",
-                message=message if request is secret else "no tenant 'acme'",
-            )
-    finally:
-        logger.removeHandler(handler)
-    first, second = (json.loads(x) for x in lines)
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    calls = [
+        (epb.WriteEntitiesRequest(tenant="4111\n1111\n1111\n1111"), "no tenant '4111\\n1111'"),
+        (epb.WriteEntitiesRequest(tenant="acme"), "no tenant 'acme'"),
+    ]
+    for request, message in calls:
+        log.record(
+            identity="i", peer="p", method="m", request=request, code="NOT_FOUND", message=message
+        )
+    log.close()
+    first, second = audit_lines(path)
     assert first["message"] == "<withheld: the request held masked values>"
     assert first["args"] == {"tenant": "<masked:pan>"}
     assert second["message"] == "no tenant 'acme'"
+    assert second["args"] == {"tenant": "acme"}
