@@ -88,12 +88,12 @@ _PAIR_VALUE = re.compile(r"(?:[^\s&;,\"'<>%]|%(?!(?i:2[026-7c]|3b))[0-9A-Fa-f]{0
 # Two digits, maybe with a separator between (a card number may be written `4-1-1-1-...`),
 # and at least 5 characters (`pin=4`: the shortest secret name, a separator, a value).
 MIN_SECRET_CHARS = 5
-_GATE = re.compile(r"\d[\s.\-]?\d|e[w-z0-9_-]|(?i:bearer|basic)|[=:%]")
+_GATE = re.compile(r"\d[\s.\-]{0,3}\d|e[w-z0-9_-]|(?i:bearer|basic)|[=:%]")
 # The same over a whole JSON text, plus what it cannot see through: an escape (`\u0034` is a
 # digit), a string that may need cutting (a long run without a quote), any key or text that
 # may name a secret once lower-cased and stripped to letters and digits.
 _RAW_GATE = re.compile(
-    r"\d(?:[\s.\-]?\d){11}|[A-Za-z]{2}[0-9]{2}|e[w-z0-9_-][A-Za-z0-9_-]{8,}\."
+    r"\d(?:(?:%20|[\s.\-]){0,3}\d){11}|[A-Za-z]{2}[0-9]{2}|e[w-z0-9_-][A-Za-z0-9_-]{8,}\."
     r"|(?i:bearer|basic)|\\|[^\"]{" + str(MAX_VALUE_CHARS + 1) + ",}"
 )
 _RAW_SECRET = re.compile(
@@ -101,18 +101,22 @@ _RAW_SECRET = re.compile(
 )
 _JSON_LINE = re.compile(r"[^\x20-\x7e]")  # what keeps a JSON text from being one ASCII line
 _IBAN_START = re.compile(r"(?=[A-Za-z]{2}[0-9]{2})")
-# Digits of any script (`\d`: full-width `４１１１` too), one separator at most between two:
-# a space of any kind, a tab, a dot or a dash, as people and forms write card numbers.
+# Digits of any script (`\d`: full-width `４１１１` too), up to three separators between two:
+# spaces of any kind, tabs, line breaks, dots or dashes, as people and forms write card
+# numbers (`4111  1111`, `4111 - 1111`, `4111\r\n1111`). Linear: separators and digits are
+# disjoint, so each position is matched one way.
 # A run starts after a non-digit or right after a URL escape (`%20`, whose hex digits are
 # not the card's), never inside one; `%20` also separates groups (`4111%201111...`).
 _DIGIT_RUN = re.compile(
     r"(?<!%)(?<!%[0-9A-Fa-f])(?:(?<=%[0-9A-Fa-f]{2})|(?<!\d))"
-    r"\d(?:(?:\r\n|%20|[\s.\-])?\d){11,}"
+    r"\d(?:(?:%20|[\s.\-]){0,3}\d){11,}"
 )
-_SEPARATOR = re.compile(r"\r\n|%20|[\s.\-]")
-# A digit run right after a credential's or pair's mask and one separator: where what is
+_SEPARATOR = re.compile(r"(?:%20|[\s.\-])+")
+# A digit run right after a credential's, pair's or JWT's mask and a separator: where what is
 # left of a card that mask took the first group of stands.
-_AFTER_MASK = re.compile(r"(<masked:(?:bearer|secret|cvv)>(?:\r\n|%20|[\s.\-\"']))(\d[\d\s.\-%]*)")
+_AFTER_MASK = re.compile(
+    r"(<masked:(?:bearer|secret|cvv|jwt)>(?:%20|[\s.\-\"']){0,3})(\d[\d\s.\-%]*)"
+)
 
 # IBAN lengths by country (SWIFT IBAN registry); an unlisted country is checked at every
 # length from 15 to 34, so a new country's IBANs are masked too.
@@ -189,7 +193,7 @@ def luhn_window(digits: str) -> bool:
 
 
 def is_card_number(run: str) -> bool:
-    """Whether a run of digits (single separators between them) holds a card number:
+    """Whether a run of digits (up to three separators between them) holds a card number:
     a Luhn-valid 12-19 digit stretch made of whole groups (`4111 1111 1111 1111` in
     `qty 2 4111 1111 1111 1111 7`). More than 19 digits with no separator count if any
     stretch of them passes (nearly always: such a run is masked); 12-19 digits with no
@@ -308,13 +312,14 @@ def mask_all(text: str, hits: list[str]) -> str:
 
         return replace
 
-    text = _JWT.sub(sub("jwt"), text)
     before = text
+    text = _JWT.sub(sub("jwt"), text)
     text = _AUTH.sub(sub("bearer"), text)
     text = _mask_pairs(text, hits)
     # A credential or a secret-named pair ends at a space, so one whose value is a spaced
-    # card number takes only its first group (`cvv: 4111 1111 1111 1111`): the card is
-    # found in the text before them, and what is left of it masked below.
+    # card number takes only its first group (`cvv: 4111 1111 1111 1111`), and a JWT takes
+    # a first group glued to its signature: the card is found in the text before them, and
+    # what is left of it masked below.
     cards = [] if text == before else [m[0] for m in _DIGIT_RUN.finditer(before)]
     text = _mask_ibans(text, hits)
     text = _DIGIT_RUN.sub(sub("pan"), text)

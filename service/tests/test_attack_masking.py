@@ -15,6 +15,9 @@ SPELLINGS = {
     "dots": "4111.1111.1111.1111",
     "nbsp": "4111\u00a01111\u00a01111\u00a01111",
     "tabs": "4111\t1111\t1111\t1111",
+    "double spaces": "4111  1111  1111  1111",
+    "spaced dashes": "4111 - 1111 - 1111 - 1111",
+    "line breaks": "4111\r\n1111\r\n1111\r\n1111",
     "fullwidth": "4111111111111111".translate({48 + d: 0xFF10 + d for d in range(10)}),
 }
 
@@ -23,9 +26,10 @@ SPELLINGS = {
 def test_a_card_number_in_a_resource_id_is_masked_however_it_is_spelled(
     bundle: Path, kind: str
 ) -> None:
-    # `_DIGIT_RUN` takes ASCII digits with at most a space or a dash between them: a PAN
-    # with dots, no-break spaces or tabs between its groups, or in full-width digits,
-    # reaches the decision log as it was sent (the spans' `pdp.action` mask the same way).
+    # Each spelling once reached the decision log as it was sent: `_DIGIT_RUN` took ASCII
+    # digits with at most one space or dash between them, so dots, no-break spaces, tabs,
+    # full-width digits and later two or three separators in a row (`4111  1111`,
+    # `4111 - 1111`, CRLF) went through (the spans' `pdp.action` mask the same way).
     pan = SPELLINGS[kind]
     with serve(bundle) as srv, srv.channel() as ch:
         srv.stub(ch).Check(check(resource=("Thing", pan)))

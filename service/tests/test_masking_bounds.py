@@ -94,7 +94,7 @@ def test_card_numbers_are_found_as_the_brute_force_finds_them() -> None:
     @settings(max_examples=1_500, deadline=None)
     @given(
         st.lists(st.text(alphabet="0123456789", min_size=1, max_size=24), min_size=1, max_size=8),
-        st.sampled_from([" ", "-", ".", "\n", "%20"]),
+        st.sampled_from([" ", "-", ".", "\n", "%20", "  ", " - ", "\r\n", ".%20"]),
     )
     def prop(groups: list[str], sep: str) -> None:
         run = sep.join(groups)
@@ -280,3 +280,53 @@ def test_a_credential_or_secret_pair_does_not_take_half_a_card_number() -> None:
 )
 def test_cards_next_to_url_escapes_and_pairs(text: str, expected: str) -> None:
     assert Masker().text(text, Stats(), "x") == expected
+
+
+SEPARATORS = [" ", "-", ".", "\t", "\u00a0", "\n", "\r\n", "%20", "  ", " - ", "\r\n ", ". "]
+
+
+def test_a_card_number_with_up_to_three_separators_between_groups_is_masked() -> None:
+    """`4111  1111  1111  1111`, `4111 - 1111 - ...`, a line break and an indent: one
+    to three separator characters between groups of any size, in a value and in a JSON
+    tree (context, attributes), are masked whole."""
+    seen = Counter[int]()
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.sampled_from(PANS),
+        st.lists(st.integers(1, 6), min_size=1, max_size=8),
+        st.lists(st.sampled_from(SEPARATORS), min_size=8, max_size=8),
+        st.sampled_from(["", "card ", "cvv: ", "Bearer ", JWT[:-1] + "x"]),
+    )
+    def prop(pan: str, sizes: list[int], seps: list[str], lead: str) -> None:
+        groups, i = [], 0
+        for n in sizes:
+            if i < len(pan):
+                groups.append(pan[i : i + n])
+                i += n
+        if i < len(pan):
+            groups.append(pan[i:])
+        spelled = groups[0] + "".join(seps[k] + g for k, g in enumerate(groups[1:]))
+        for out in (
+            Masker().text(lead + spelled + " ok", Stats(), "x"),
+            json.dumps(Masker().tree("context", {"v": lead + spelled}, Stats(), 10**6)),
+        ):
+            digits = re.sub(r"\D", "", out)
+            assert not any(pan[j : j + 8] in digits for j in range(len(pan) - 7)), (
+                lead + spelled,
+                out,
+            )
+        seen[max(len(sep) - sep.count("%20") * 2 for sep in seps[: len(groups) - 1] or [""])] += 1
+
+    prop()
+    assert seen[2] >= 40 and seen[3] >= 40, seen  # two- and three-character gaps reached
+
+
+def test_a_card_number_glued_to_a_jwt_is_masked_whole() -> None:
+    """A JWT's signature runs over letters, digits and dashes: a card written right after
+    it loses its first group to the JWT's mask, and what is left of it is masked."""
+    jwt = JWT[:-1] + "x"  # a signature ending in a letter: the card's first group is its own
+    for card in ("4111 1111 1111 1111", "4111-1111 1111 1111", "4111  1111\r\n1111 1111"):
+        out = Masker().text(f"{jwt}{card} x", Stats(), "x")
+        assert out.startswith("<masked:jwt>") and out.endswith("<masked:pan> x"), out
+        assert "1111" not in out, out
