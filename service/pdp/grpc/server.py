@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection
 from concurrent import futures
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp.decision_log import DecisionLogger
 from pdp.engine import Engine
+from pdp.grpc.call_pool import CallPool
 from pdp.grpc.convert import Limits
 from pdp.grpc.servicer import AuthorizationServicer
 from pdp.grpc.wire import add_authorization_service
@@ -60,8 +62,11 @@ class PdpServer:
             # its thread, so a pool of `threads` could be held by clients that never finish
             # their message (or by idle reflection streams) and starve every other call.
             # `threads` instead bounds the calls deciding at once (the servicer's slots).
-            futures.ThreadPoolExecutor(
-                max_workers=max_concurrent_rpcs, thread_name_prefix="pdp-rpc"
+            # grpcio calls only `submit` and `add_done_callback`: a CallPool does that with
+            # ~38,000 fewer instructions a call than a ThreadPoolExecutor (pdp.grpc.call_pool).
+            cast(
+                futures.ThreadPoolExecutor,
+                CallPool(max_workers=max_concurrent_rpcs, thread_name_prefix="pdp-rpc"),
             ),
             options=[
                 # A stream buffers at most one message of this size: grpc opens the HTTP/2
