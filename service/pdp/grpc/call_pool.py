@@ -32,8 +32,8 @@ class Call:
     __slots__ = ("_fn", "_args", "_callbacks", "_done", "_lock")
 
     def __init__(self, fn: Callable[..., object], args: tuple[Any, ...], lock: threading.Lock):
-        self._fn = fn
-        self._args = args
+        self._fn: Callable[..., object] | None = fn
+        self._args: tuple[Any, ...] | None = args
         self._callbacks: list[Callback] | None = None
         self._done = False
         self._lock = lock  # the pool's: a lock per call would cost one more allocation
@@ -54,12 +54,20 @@ class Call:
         return self._done
 
     def _run(self) -> None:
+        fn, args = self._fn, self._args
+        assert fn is not None and args is not None, "a call runs once"
+        # Dropped before the call runs, and the call's own references at its end: grpcio
+        # closes an RPC's HTTP/2 stream only once its call objects (in `args`) are freed,
+        # so a call kept alive here held its stream open (32 per connection, then refused).
+        self._fn = self._args = None
         try:
-            self._fn(*self._args)
+            fn(*args)
         except BaseException as exc:  # noqa: BLE001 - a worker must outlive what it runs
             # The type only: grpcio's behaviours end their calls themselves, so this is a
             # defect, and a message could quote a request.
             log.error("a call on the server's thread pool raised %s", type(exc).__name__)
+        finally:
+            del fn, args
         with self._lock:
             self._done = True
             callbacks, self._callbacks = self._callbacks, None
@@ -90,6 +98,7 @@ class _Workers:
             if call is None:
                 return
             call._run()
+            call = None  # not held while this thread waits for the next one (see `_run`)
             with lock:
                 self.idle += 1
 

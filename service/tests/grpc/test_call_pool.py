@@ -8,6 +8,7 @@ import gc
 import queue
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 
@@ -141,6 +142,31 @@ def test_a_dropped_pool_ends_its_threads() -> None:
     _wait(lambda: not _pool_threads("t-drop"))
 
 
+def test_a_call_that_ran_is_not_kept_alive_by_the_pool() -> None:
+    """grpcio closes an RPC's HTTP/2 stream only when its call objects are freed: a pool
+    thread that kept its last call (and its arguments) while it waited for the next held
+    that stream open, and a connection with 32 such streams refused every new call."""
+
+    class Argument:
+        pass
+
+    pool = CallPool(8, "t-free")
+    refs = []
+    fired: list[Call] = []
+    gate = threading.Barrier(8)
+    for _ in range(8):  # eight threads, each left idle after its call
+        arg = Argument()
+        refs.append(weakref.ref(arg))
+        pool.submit(lambda a: gate.wait(5), arg).add_done_callback(fired.append)
+        del arg
+    _wait(lambda: len(fired) == 8)
+    fired.clear()  # the test's own references to the calls
+    gc.collect()
+    _wait(lambda: all(r() is None for r in refs))
+    assert pool.thread_count == 8
+    pool.shutdown()
+
+
 def test_max_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_workers"):
         CallPool(0)
@@ -236,3 +262,16 @@ def test_the_server_frees_each_call_on_its_pool_and_still_caps_calls_in_flight()
                 assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert time.monotonic() < deadline, "held calls were never freed"
                 time.sleep(0.05)
+
+
+def test_many_calls_at_once_on_one_connection_keep_being_answered() -> None:
+    """Served, one connection (at most 32 streams open, `max_concurrent_streams`): rounds
+    of 30 calls at once, so 30 pool threads go idle after each; every call of every round
+    is answered, none refused for a stream that a finished call still holds."""
+    args = ["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch"]
+    with running_server(args) as srv, srv.channel() as ch:
+        stub = pb_grpc.AuthorizationServiceStub(ch)
+        assert stub.Check(check(), timeout=10).decision == pb.DECISION_ALLOW  # SETTINGS read
+        for _ in range(4):
+            answers = [stub.Check.future(check(), timeout=10) for _ in range(30)]
+            assert [a.result().decision for a in answers] == [pb.DECISION_ALLOW] * 30
