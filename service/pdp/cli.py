@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-concurrent-rpcs", type=int, help="server-wide")
     serve.add_argument("--threads", type=int, help="calls deciding at once")
     serve.add_argument(
+        "--sched-batch",
+        action=argparse.BooleanOptionalAction,
+        help="threads under SCHED_BATCH (no preemption on wake-up; Linux)",
+    )
+    serve.add_argument(
         "--decision-cache", action=argparse.BooleanOptionalAction, help="decision cache on/off"
     )
     serve.add_argument("--decision-cache-entries", type=int)
@@ -220,6 +225,10 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.sched_batch:  # before the server's threads start: they inherit it
+        from pdp.scheduling import batch_scheduling
+
+        batch_scheduling()
     try:
         check_tls_files(settings)  # here too with --workers: reported once, before any fork
         app = App(settings, reuse_port=args.worker, tracing=traces.start)
@@ -273,6 +282,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
             "max_concurrent_streams",
             "max_concurrent_rpcs",
             "threads",
+            "sched_batch",
             "decision_cache",
             "decision_cache_entries",
             "decision_cache_bytes",

@@ -1,0 +1,57 @@
+"""`sched_batch`: every thread of a serving process runs under SCHED_BATCH (threads
+started after start-up too, as they take their creator's policy), or none with it off."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pdp._proto.v1 import authorization_pb2 as pb
+
+from .grpc.test_limits import check
+from .support import DOCS_BUNDLE, running_server
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "SCHED_BATCH") or not Path("/proc/self/task").is_dir(),
+    reason="SCHED_BATCH is Linux's",
+)
+
+
+def policies(pid: int) -> dict[str, int]:
+    """Each thread's scheduling policy, by thread id."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[task.name] = os.sched_getscheduler(int(task.name))
+        except ProcessLookupError:
+            continue
+    return out
+
+
+def serve_and_call(args: list[str], env: dict[str, str] | None = None) -> dict[str, int]:
+    base = ["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch"]
+    with running_server(base + args, env) as srv, srv.channel() as ch:
+        stub = srv.stub(ch)
+        # Calls in flight at once start pool threads after start-up.
+        answers = [stub.Check.future(check(), timeout=10) for _ in range(12)]
+        assert all(a.result().decision == pb.DECISION_ALLOW for a in answers)
+        return policies(srv.proc.pid)
+
+
+def test_every_thread_of_the_server_runs_under_sched_batch_by_default() -> None:
+    got = serve_and_call([])
+    assert len(got) >= 8, got  # grpc's, the pool's, the event loop's: not only the main one
+    assert set(got.values()) == {os.SCHED_BATCH}, got
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--no-sched-batch"], None), ([], {"PDP_SCHED_BATCH": "false"})],
+)
+def test_with_sched_batch_off_every_thread_keeps_the_default_policy(
+    args: list[str], env: dict[str, str] | None
+) -> None:
+    got = serve_and_call(args, env)
+    assert set(got.values()) == {os.SCHED_OTHER}, got
