@@ -73,13 +73,15 @@ def running_server(
     timeout: float = 30.0,
     *,
     own_process_group: bool = False,
+    wrap: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
     """Start `pdp serve --listen 127.0.0.1:0 ARGS`, yield once it listens, SIGTERM after.
 
     `own_process_group` lets a test signal the whole group (as Ctrl-C does) with `os.killpg`
-    without signalling pytest."""
+    without signalling pytest. `wrap`: a command that execs the server (`chrt -i 0`), so the
+    process is still the server's own."""
     proc = subprocess.Popen(
-        [*pdp_command(), "serve", "--listen", "127.0.0.1:0", *args],
+        [*wrap, *pdp_command(), "serve", "--listen", "127.0.0.1:0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

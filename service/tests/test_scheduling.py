@@ -1,9 +1,11 @@
-"""`sched_batch`: every thread of a serving process runs under SCHED_BATCH (threads
-started after start-up too, as they take their creator's policy), or none with it off."""
+"""`sched_batch`: with it on, every thread of a serving process runs under SCHED_BATCH
+(threads started after start-up too, as they take their creator's policy); off (the
+default), none does; a policy the operator chose is kept either way."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,18 +42,33 @@ def serve_and_call(args: list[str], env: dict[str, str] | None = None) -> dict[s
         return policies(srv.proc.pid)
 
 
-def test_every_thread_of_the_server_runs_under_sched_batch_by_default() -> None:
-    got = serve_and_call([])
+@pytest.mark.parametrize(
+    ("args", "env"), [(["--sched-batch"], None), ([], {"PDP_SCHED_BATCH": "true"})]
+)
+def test_with_sched_batch_on_every_thread_of_the_server_runs_under_it(
+    args: list[str], env: dict[str, str] | None
+) -> None:
+    got = serve_and_call(args, env)
     assert len(got) >= 8, got  # grpc's, the pool's, the event loop's: not only the main one
     assert set(got.values()) == {os.SCHED_BATCH}, got
 
 
-@pytest.mark.parametrize(
-    ("args", "env"),
-    [(["--no-sched-batch"], None), ([], {"PDP_SCHED_BATCH": "false"})],
-)
-def test_with_sched_batch_off_every_thread_keeps_the_default_policy(
-    args: list[str], env: dict[str, str] | None
-) -> None:
-    got = serve_and_call(args, env)
+@pytest.mark.parametrize("args", [[], ["--no-sched-batch"]])
+def test_by_default_or_off_every_thread_keeps_the_default_policy(args: list[str]) -> None:
+    got = serve_and_call(args)
     assert set(got.values()) == {os.SCHED_OTHER}, got
+
+
+def test_a_policy_the_operator_chose_is_kept() -> None:
+    """`chrt -i 0 pdp serve --sched-batch`: SCHED_IDLE stays (an unprivileged process
+    could not even leave it)."""
+    chrt = shutil.which("chrt")
+    if chrt is None:
+        pytest.skip("chrt (util-linux) is not installed")
+    base = ["--bundle", f"docs={DOCS_BUNDLE}", "--no-watch", "--sched-batch"]
+    with running_server(base, wrap=[chrt, "-i", "0"]) as srv, srv.channel() as ch:
+        stub = srv.stub(ch)
+        answers = [stub.Check.future(check(), timeout=10) for _ in range(12)]
+        assert all(a.result().decision == pb.DECISION_ALLOW for a in answers)
+        got = policies(srv.proc.pid)
+    assert set(got.values()) == {os.SCHED_IDLE}, got
