@@ -9,7 +9,6 @@ from typing import cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from pdp._proto.v1 import authorization_pb2 as pb
@@ -17,6 +16,7 @@ from pdp.decision_log import DecisionLogger
 from pdp.engine import Engine
 from pdp.grpc.call_pool import CallPool
 from pdp.grpc.convert import Limits
+from pdp.grpc.health import HealthService
 from pdp.grpc.servicer import AuthorizationServicer
 from pdp.grpc.wire import add_authorization_service
 from pdp.jwt_identity import TokenVerifier
@@ -98,7 +98,9 @@ class PdpServer:
             ),
             self.server,
         )
-        self.health = HealthServicer()
+        self.health = (
+            HealthService()
+        )  # grpc_health's, with Watch streams closed off the poll thread
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
