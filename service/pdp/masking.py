@@ -88,12 +88,16 @@ _PAIR_VALUE = re.compile(r"(?:[^\s&;,\"'<>%]|%(?!(?i:2[026-7c]|3b))[0-9A-Fa-f]{0
 # Two digits, maybe with a separator between (a card number may be written `4-1-1-1-...`),
 # and at least 5 characters (`pin=4`: the shortest secret name, a separator, a value).
 MIN_SECRET_CHARS = 5
-_GATE = re.compile(r"\d[\s.\-]{0,3}\d|e[w-z0-9_-]|(?i:bearer|basic)|[=:%]")
+# What may stand between two groups of a card number: spaces of any kind, tabs, line
+# breaks, dots, dashes (Unicode's too: en and em dash, minus, non-breaking hyphen) and the
+# `+` of form encoding (`card=4111+1111+...`).
+_SEP = r"\s.\-+\u2010-\u2015\u2212"
+_GATE = re.compile(r"\d[" + _SEP + r"]{0,3}\d|e[w-z0-9_-]|(?i:bearer|basic)|[=:%]")
 # The same over a whole JSON text, plus what it cannot see through: an escape (`\u0034` is a
 # digit), a string that may need cutting (a long run without a quote), any key or text that
 # may name a secret once lower-cased and stripped to letters and digits.
 _RAW_GATE = re.compile(
-    r"\d(?:(?:%20|[\s.\-]){0,3}\d){11}|[A-Za-z]{2}[0-9]{2}|e[w-z0-9_-][A-Za-z0-9_-]{8,}\."
+    r"\d(?:(?:%20|[" + _SEP + r"]){0,3}\d){11}|[A-Za-z]{2}[0-9]{2}|e[w-z0-9_-][A-Za-z0-9_-]{8,}\."
     r"|(?i:bearer|basic)|\\|[^\"]{" + str(MAX_VALUE_CHARS + 1) + ",}"
 )
 _RAW_SECRET = re.compile(
@@ -109,13 +113,18 @@ _IBAN_START = re.compile(r"(?=[A-Za-z]{2}[0-9]{2})")
 # not the card's), never inside one; `%20` also separates groups (`4111%201111...`).
 _DIGIT_RUN = re.compile(
     r"(?<!%)(?<!%[0-9A-Fa-f])(?:(?<=%[0-9A-Fa-f]{2})|(?<!\d))"
-    r"\d(?:(?:%20|[\s.\-]){0,3}\d){11,}"
+    r"\d(?:(?:%20|[" + _SEP + r"]){0,3}\d){11,}"
 )
-_SEPARATOR = re.compile(r"(?:%20|[\s.\-])+")
+_SEPARATOR = re.compile(r"(?:%20|[" + _SEP + r"])+")
+_SEPARATED = re.compile(r"((?:%20|[" + _SEP + r"])+)")  # the same, kept by `split`
+# Groups of a card written with a wide gap (two or three separators) have 3 digits or
+# more (4-4-4-4, 4-6-5, 4-4-4-4-3): a window with such a gap and a shorter group is a
+# date or amount range (`2025-07-19 - 2021-04-29`, `34840.95 - 97161.77`), not a card.
+MIN_WIDE_GROUP = 3
 # A digit run right after a credential's, pair's or JWT's mask and a separator: where what is
 # left of a card that mask took the first group of stands.
 _AFTER_MASK = re.compile(
-    r"(<masked:(?:bearer|secret|cvv|jwt)>(?:%20|[\s.\-\"']){0,3})(\d[\d\s.\-%]*)"
+    r"(<masked:(?:bearer|secret|cvv|jwt)>(?:%20|[" + _SEP + r"\"']){0,3})(\d[\d%" + _SEP + r"]*)"
 )
 
 # IBAN lengths by country (SWIFT IBAN registry); an unlisted country is checked at every
@@ -201,7 +210,10 @@ def is_card_number(run: str) -> bool:
     run: every stretch is checked in O(1) from prefix sums."""
     if not run.isascii():  # digits of another script count as the ASCII ones they mean
         run = "".join(str(unicodedata.decimal(c, c)) for c in run)
-    groups = _SEPARATOR.split(run)
+    parts = _SEPARATED.split(run)
+    groups = parts[::2]
+    # A gap is wide when it has more than one separator (`%20` is one).
+    wide = [len(s) - 2 * s.count("%20") > 1 for s in parts[1::2]]
     # A group longer than a card number holds any stretch of it, as an unbroken run does
     # (a PAN with its expiry glued on, then a CVV: `41111111111111111225 123`).
     if any(len(g) > MAX_PAN_DIGITS and luhn_window(g) for g in groups):
@@ -212,11 +224,14 @@ def is_card_number(run: str) -> bool:
     for g in groups:
         starts.append(starts[-1] + len(g))
     for i in range(len(groups)):
+        has_wide = has_short = False
         for j in range(i + 1, len(groups) + 1):
             size = starts[j] - starts[i]
             if size > MAX_PAN_DIGITS:
                 break  # no card number is longer: this bounds a run's cost (linear in it)
-            if size >= 12 and _passes(sums, starts[i], starts[j]):
+            has_short = has_short or len(groups[j - 1]) < MIN_WIDE_GROUP
+            has_wide = has_wide or (j - 1 > i and wide[j - 2])
+            if size >= 12 and not (has_wide and has_short) and _passes(sums, starts[i], starts[j]):
                 return True
     return False
 

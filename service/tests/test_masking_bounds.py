@@ -68,8 +68,10 @@ def test_a_digit_run_costs_luhn_checks_linear_in_its_groups(
 
 
 def reference(run: str) -> bool:
-    """is_card_number as its docstring says, by brute force (luhn on each stretch)."""
-    groups = re.split(r"\r\n|%20|[\s.\-]", run)
+    """is_card_number as its docstring says, by brute force (luhn on each stretch); a
+    window with a gap of two or three separators needs groups of 3 digits or more."""
+    parts = re.split(r"((?:%20|[\s.\-+\u2010-\u2015\u2212])+)", run)
+    groups, gaps = parts[::2], [len(g.replace("%20", "_")) for g in parts[1::2]]
     for g in groups:
         if len(g) > MAX_PAN_DIGITS:
             if any(
@@ -83,6 +85,9 @@ def reference(run: str) -> bool:
             joined = "".join(groups[i:j])
             if len(joined) > MAX_PAN_DIGITS:
                 break
+            wide = any(n > 1 for n in gaps[i : j - 1])
+            if wide and any(len(g) < 3 for g in groups[i:j]):
+                continue
             if len(joined) >= 12 and luhn(joined):
                 return True
     return False
@@ -94,7 +99,7 @@ def test_card_numbers_are_found_as_the_brute_force_finds_them() -> None:
     @settings(max_examples=1_500, deadline=None)
     @given(
         st.lists(st.text(alphabet="0123456789", min_size=1, max_size=24), min_size=1, max_size=8),
-        st.sampled_from([" ", "-", ".", "\n", "%20", "  ", " - ", "\r\n", ".%20"]),
+        st.sampled_from([" ", "-", ".", "\n", "%20", "  ", " - ", "\r\n", ".%20", "+", " \u2013 "]),
     )
     def prop(groups: list[str], sep: str) -> None:
         run = sep.join(groups)
@@ -283,18 +288,19 @@ def test_cards_next_to_url_escapes_and_pairs(text: str, expected: str) -> None:
 
 
 SEPARATORS = [" ", "-", ".", "\t", "\u00a0", "\n", "\r\n", "%20", "  ", " - ", "\r\n ", ". "]
+SEPARATORS += ["+", "\u2013", " \u2014 ", "\u2212", "\u2011"]  # form encoding, Unicode dashes
 
 
 def test_a_card_number_with_up_to_three_separators_between_groups_is_masked() -> None:
     """`4111  1111  1111  1111`, `4111 - 1111 - ...`, a line break and an indent: one
-    to three separator characters between groups of any size, in a value and in a JSON
-    tree (context, attributes), are masked whole."""
+    to three separator characters between groups of 3 to 6 digits (as cards are
+    grouped), in a value and in a JSON tree (context, attributes), are masked whole."""
     seen = Counter[int]()
 
     @settings(max_examples=400, deadline=None)
     @given(
         st.sampled_from(PANS),
-        st.lists(st.integers(1, 6), min_size=1, max_size=8),
+        st.lists(st.integers(3, 6), min_size=1, max_size=8),
         st.lists(st.sampled_from(SEPARATORS), min_size=8, max_size=8),
         st.sampled_from(["", "card ", "cvv: ", "Bearer ", JWT[:-1] + "x"]),
     )
@@ -306,10 +312,15 @@ def test_a_card_number_with_up_to_three_separators_between_groups_is_masked() ->
                 i += n
         if i < len(pan):
             groups.append(pan[i:])
+        if len(groups) > 1 and len(groups[-1]) < 3:  # as cards are grouped: no 1-2 digit tail
+            groups[-2:] = [groups[-2] + groups[-1]]
         spelled = groups[0] + "".join(seps[k] + g for k, g in enumerate(groups[1:]))
         for out in (
             Masker().text(lead + spelled + " ok", Stats(), "x"),
-            json.dumps(Masker().tree("context", {"v": lead + spelled}, Stats(), 10**6)),
+            # Not ASCII-escaped: `\u00a0` would add digits of its own.
+            json.dumps(
+                Masker().tree("context", {"v": lead + spelled}, Stats(), 10**6), ensure_ascii=False
+            ),
         ):
             digits = re.sub(r"\D", "", out)
             assert not any(pan[j : j + 8] in digits for j in range(len(pan) - 7)), (
@@ -330,3 +341,31 @@ def test_a_card_number_glued_to_a_jwt_is_masked_whole() -> None:
         out = Masker().text(f"{jwt}{card} x", Stats(), "x")
         assert out.startswith("<masked:jwt>") and out.endswith("<masked:pan> x"), out
         assert "1111" not in out, out
+
+
+def test_date_and_amount_ranges_are_not_taken_for_card_numbers() -> None:
+    """A gap of two or three separators (` - `) between groups of one or two digits is a
+    range of dates, amounts or versions: never masked, however the Luhn sums fall."""
+    seen = Counter[str]()
+
+    @settings(max_examples=600, deadline=None)
+    @given(
+        st.sampled_from(["date", "amount", "version"]),
+        st.lists(st.integers(0, 99_999), min_size=6, max_size=6),
+        st.sampled_from([" - ", "  ", " --", "\r\n"]),
+    )
+    def prop(kind: str, n: list[int], gap: str) -> None:
+        if kind == "date":
+            one = f"{2000 + n[0] % 30}-{1 + n[1] % 12:02}-{1 + n[2] % 28:02}"
+            two = f"{2000 + n[3] % 30}-{1 + n[4] % 12:02}-{1 + n[5] % 28:02}"
+        elif kind == "amount":
+            one, two = f"{n[0]}{n[1] % 10}.{n[2] % 100:02}", f"{n[3]}{n[4] % 10}.{n[5] % 100:02}"
+        else:
+            one, two = f"{n[0]}.{n[1] % 100}.{n[2] % 100}", f"{n[3]}.{n[4] % 100}.{n[5] % 100}"
+        text = f"{one}{gap}{two}"
+        assert Masker().text(text, Stats(), "x") == text
+        if sum(c.isdigit() for c in text) >= 12:
+            seen[kind] += 1  # long enough that a card check could have passed
+
+    prop()
+    assert seen["date"] >= 100 and seen["amount"] >= 100, seen
