@@ -33,9 +33,10 @@ MASK = "<masked:{}>"
 MAX_VALUE_CHARS = 256  # longer strings are cut to this and end with ELLIPSIS
 ELLIPSIS = "…"
 # A match can start before the cut and end after it: a PAN with separators spans at most
-# 19 digits + 18 separators, an IBAN 34 characters + 8 spaces. Scanning this far past the
-# cut masks any secret whose beginning would be written.
-_STRADDLE = 48
+# 19 digits + 18 gaps of up to three separators (`%20%20%20`: 9 characters), an IBAN 34
+# characters + 8 spaces. Scanning this far past the cut masks any secret whose beginning
+# would be written.
+_STRADDLE = 19 + 18 * 9
 PATH_ROOTS = ("context", "entities")
 # Clients send the same contexts again and again: texts found clean are remembered (the
 # Masker is used by the one writer thread).
