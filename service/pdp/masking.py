@@ -116,8 +116,7 @@ _DIGIT_RUN = re.compile(
     r"(?<!%)(?<!%[0-9A-Fa-f])(?:(?<=%[0-9A-Fa-f]{2})|(?<!\d))"
     r"\d(?:(?:%20|[" + _SEP + r"]){0,3}\d){11,}"
 )
-_SEPARATOR = re.compile(r"(?:%20|[" + _SEP + r"])+")
-_SEPARATED = re.compile(r"((?:%20|[" + _SEP + r"])+)")  # the same, kept by `split`
+_SEPARATOR = re.compile(r"((?:%20|[" + _SEP + r"])+)")  # grouped: `split` keeps the gaps
 # Groups of a card written with a wide gap (two or three separators) have 3 digits or
 # more (4-4-4-4, 4-6-5, 4-4-4-4-3): a window with such a gap and a shorter group is a
 # date or amount range (`2025-07-19 - 2021-04-29`, `34840.95 - 97161.77`), not a card.
@@ -211,7 +210,7 @@ def is_card_number(run: str) -> bool:
     run: every stretch is checked in O(1) from prefix sums."""
     if not run.isascii():  # digits of another script count as the ASCII ones they mean
         run = "".join(str(unicodedata.decimal(c, c)) for c in run)
-    parts = _SEPARATED.split(run)
+    parts = _SEPARATOR.split(run)
     groups = parts[::2]
     # A gap is wide when it has more than one separator (`%20` is one).
     wide = [len(s) - 2 * s.count("%20") > 1 for s in parts[1::2]]

@@ -78,7 +78,7 @@ def running_server(
     """Start `pdp serve --listen 127.0.0.1:0 ARGS`, yield once it listens, SIGTERM after.
 
     `own_process_group` lets a test signal the whole group (as Ctrl-C does) with `os.killpg`
-    without signalling pytest. `wrap`: a command that execs the server (`chrt -i 0`), so the
+    without signalling pytest. `wrap`: a command that execs the server (as `chrt -i 0`), so the
     process is still the server's own."""
     proc = subprocess.Popen(
         [*wrap, *pdp_command(), "serve", "--listen", "127.0.0.1:0", *args],

@@ -98,9 +98,8 @@ class PdpServer:
             ),
             self.server,
         )
-        self.health = (
-            HealthService()
-        )  # grpc_health's, with Watch streams closed off the poll thread
+        # grpc_health's servicer, with Watch streams ended off grpcio's poll thread.
+        self.health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
