@@ -382,7 +382,11 @@ class DecisionLogger:
             if res.errors
             else None
         )
-        reason = _json_str(_fit(res.reason, stats, "reason", MAX_MESSAGE)) if res.reason else '""'
+        # The reason is the operator's (a kill switch's, a stale bundle's), masked all the
+        # same: an incident note can quote the very card number it is about.
+        reason = (
+            _json_str(m.message(res.reason, stats, "reason", MAX_MESSAGE)) if res.reason else '""'
+        )
 
         batch = "null" if call.indices is None else f'{{"index":{i},"size":{len(call.results)}}}'
         context = entities = "null"  # each tree serialised once per call, spliced in below

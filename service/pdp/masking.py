@@ -90,9 +90,11 @@ _PAIR_VALUE = re.compile(r"(?:[^\s&;,\"'<>%]|%(?!(?i:2[026-7c]|3b))[0-9A-Fa-f]{0
 # and at least 5 characters (`pin=4`: the shortest secret name, a separator, a value).
 MIN_SECRET_CHARS = 5
 # What may stand between two groups of a card number: spaces of any kind, tabs, line
-# breaks, dots, dashes (Unicode's too: en and em dash, minus, non-breaking hyphen) and the
-# `+` of form encoding (`card=4111+1111+...`).
-_SEP = r"\s.\-+\u2010-\u2015\u2212"
+# breaks, dots, dashes (Unicode's too: en and em dash, minus, non-breaking hyphen), the
+# `+` of form encoding (`card=4111+1111+...`), and the invisible ones a copy and paste
+# carries or a caller slips in to hide the digits' run: soft hyphen, zero-width space,
+# (non-)joiners, word joiner, byte-order mark.
+_SEP = r"\s.\-+\u00ad\u200b-\u200d\u2010-\u2015\u2060\u2212\ufeff"
 _GATE = re.compile(r"\d[" + _SEP + r"]{0,3}\d|e[w-z0-9_-]|(?i:bearer|basic)|[=:%]")
 # The same over a whole JSON text, plus what it cannot see through: an escape (`\u0034` is a
 # digit), a string that may need cutting (a long run without a quote), any key or text that

@@ -19,6 +19,8 @@ SPELLINGS = {
     "spaced dashes": "4111 - 1111 - 1111 - 1111",
     "line breaks": "4111\r\n1111\r\n1111\r\n1111",
     "fullwidth": "4111111111111111".translate({48 + d: 0xFF10 + d for d in range(10)}),
+    "zero-width spaces": "4111\u200b1111\u200b1111\u200b1111",
+    "soft hyphens": "4111\u00ad1111\u00ad1111\u00ad1111",
 }
 
 
@@ -29,7 +31,8 @@ def test_a_card_number_in_a_resource_id_is_masked_however_it_is_spelled(
     # Each spelling once reached the decision log as it was sent: `_DIGIT_RUN` took ASCII
     # digits with at most one space or dash between them, so dots, no-break spaces, tabs,
     # full-width digits and later two or three separators in a row (`4111  1111`,
-    # `4111 - 1111`, CRLF) went through (the spans' `pdp.action` mask the same way).
+    # `4111 - 1111`, CRLF), then invisible ones (zero-width spaces, soft hyphens), went
+    # through (the spans' `pdp.action` mask the same way).
     pan = SPELLINGS[kind]
     with serve(bundle) as srv, srv.channel() as ch:
         srv.stub(ch).Check(check(resource=("Thing", pan)))

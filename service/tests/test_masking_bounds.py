@@ -289,6 +289,8 @@ def test_cards_next_to_url_escapes_and_pairs(text: str, expected: str) -> None:
 
 SEPARATORS = [" ", "-", ".", "\t", "\u00a0", "\n", "\r\n", "%20", "  ", " - ", "\r\n ", ". "]
 SEPARATORS += ["+", "\u2013", " \u2014 ", "\u2212", "\u2011"]  # form encoding, Unicode dashes
+# Invisible: soft hyphen, zero-width space, zero-width joiner, word joiner, byte-order mark.
+SEPARATORS += ["\u00ad", "\u200b", "\u200d", "\u2060", "\ufeff", " \u200b"]
 
 
 def test_a_card_number_with_up_to_three_separators_between_groups_is_masked() -> None:

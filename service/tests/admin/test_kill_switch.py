@@ -215,7 +215,8 @@ def test_metrics_and_decision_logs_show_it(cfg: AdminConfig) -> None:
     with running_server([*serve_args(cfg), "--decision-log", "stdout"]) as srv, srv.channel() as ch:
         stub, admin = pb_grpc.AuthorizationServiceStub(ch), Admin(srv)
         port = metrics_port(srv)
-        admin.kill("metrics test", tenant="default")
+        # The incident note quotes a card number: the records mask it.
+        admin.kill("metrics test, card 4111 1111 1111 1111", tenant="default")
         for _ in range(3):
             check(stub)
         families = scrape(port)
@@ -231,7 +232,10 @@ def test_metrics_and_decision_logs_show_it(cfg: AdminConfig) -> None:
             return [json.loads(x) for x in list(srv.lines) if x.startswith('{"v":1')]
 
         eventually(lambda: len(records()) == 4)
-    assert [r["reason"] for r in records()] == ["kill switch: metrics test"] * 3 + [""]
+    assert [r["reason"] for r in records()] == [
+        "kill switch: metrics test, card <masked:pan>"
+    ] * 3 + [""]
+    assert [r["masked"] for r in records()] == [1, 1, 1, 0]
 
 
 def write_flag(path: Path, text: str) -> None:
