@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +56,10 @@ QUIET_CAP_FACTOR = (
     20  # a bundle that never stops changing is reloaded after this many quiet periods
 )
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# After the grace period: how long shutdown waits for cancelled calls to return before it
+# leaves the entity store open rather than close it under one. A store call is short (a
+# write of entity_write_max_entities entities takes well under a second).
+JOIN_CALLS_SECONDS = 10.0
 
 
 class App:
@@ -300,16 +305,36 @@ class App:
             finally:
                 log.info("shutting down: draining for up to %.1fs", s.shutdown_grace_seconds)
                 await asyncio.to_thread(server.stop(s.shutdown_grace_seconds).wait)
+                # Cancelled calls may still be running on their threads (grpcio cannot
+                # stop Python code), some inside the store: it closes only once they have
+                # returned. Closing it under a sqlite3 call could crash the process.
+                calls_ended = await asyncio.to_thread(self._join_calls, server, admin)
                 if self.tokens is not None:
                     await asyncio.to_thread(self.tokens.keys.stop)
                 tracing.shutdown()  # export the queued spans, within a bound
                 if self.decision_log is not None:
                     # Every answered call's records are written before the process exits.
                     await asyncio.to_thread(self.decision_log.close)
-                self.store.close()
+                if calls_ended:
+                    self.store.close()
+                else:  # the OS closes it at exit; SQLite's WAL keeps the file whole
+                    log.warning(
+                        "shutting down: calls still running after %.0fs; the entity store "
+                        "is left open",
+                        JOIN_CALLS_SECONDS,
+                    )
                 if self._guard is not None:
                     self._guard.audit.close()
         log.info("stopped")
+
+    @staticmethod
+    def _join_calls(server: PdpServer, admin: AdminServer | None) -> bool:
+        """Wait, JOIN_CALLS_SECONDS in all, for both servers' running calls to return."""
+        deadline = time.monotonic() + JOIN_CALLS_SECONDS
+        ended = server.join(JOIN_CALLS_SECONDS)
+        if admin is not None:
+            ended = admin.join(max(0.0, deadline - time.monotonic())) and ended
+        return ended
 
     def _entity_service(self, tracing: Tracing) -> EntityServicer | None:
         if not self.settings.entity_service:

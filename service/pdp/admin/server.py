@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent import futures
+from typing import cast
 
 import grpc
 
@@ -15,6 +16,7 @@ from pdp.admin.auth import Authenticator
 from pdp.admin.guard import Guard, add_guarded_service
 from pdp.admin.servicer import AdminServicer, Target
 from pdp.config import LISTEN, Settings, is_loopback
+from pdp.grpc.call_pool import CallPool
 from pdp.grpc.entity_servicer import ENTITY_SERVICE, EntityServicer
 from pdp.grpc.tls import peer_identity
 
@@ -72,8 +74,11 @@ class AdminServer:
         # Entity writes carry up to `entity_write_max_entities` entities: the decision
         # port's message cap; the admin calls alone need little.
         max_bytes = MAX_MESSAGE_BYTES if entities is None else max_message_bytes
+        # A CallPool, as the decision port's, for `join`: entity writes must be out of the
+        # store before it closes.
+        self._pool = CallPool(max_workers=THREADS, thread_name_prefix="pdp-admin")
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="pdp-admin"),
+            cast(futures.ThreadPoolExecutor, self._pool),
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.so_reuseport", 0),  # a taken admin port fails, never shares
@@ -93,3 +98,8 @@ class AdminServer:
 
     def stop(self, grace: float) -> threading.Event:
         return self.server.stop(grace)
+
+    def join(self, timeout: float) -> bool:
+        """After `stop`: wait up to `timeout` seconds for the calls still running (a
+        cancelled write may still be inside the store); True once none is."""
+        return self._pool.shutdown(wait=True, timeout=timeout)

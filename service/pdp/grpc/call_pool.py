@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -148,12 +149,16 @@ class CallPool:
     def thread_count(self) -> int:
         return len(self._workers.threads)
 
-    def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
+    def shutdown(self, wait: bool = True, timeout: float | None = None) -> bool:
         """Refuse new calls; each thread ends after the calls queued before it. `wait`
-        joins them (within `timeout` seconds each, if given)."""
+        joins them, within `timeout` seconds in all if given. True when every thread
+        (but the caller's own) has ended: no call is running any more."""
         w = self._workers
         w.stop()
-        if wait:
-            for thread in list(w.threads):
-                if thread is not threading.current_thread():
-                    thread.join(timeout)
+        if not wait:
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in list(w.threads):
+            if thread is not threading.current_thread():
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in w.threads if t is not threading.current_thread())

@@ -275,3 +275,22 @@ def test_many_calls_at_once_on_one_connection_keep_being_answered() -> None:
         for _ in range(4):
             answers = [stub.Check.future(check(), timeout=10) for _ in range(30)]
             assert [a.result().decision for a in answers] == [pb.DECISION_ALLOW] * 30
+
+
+def test_shutdown_says_whether_every_call_has_returned_within_its_timeout() -> None:
+    """Shutdown closes the entity store only once no call runs (pdp.app): `shutdown`
+    tells it, within one timeout for all threads, not one per thread."""
+    pool = CallPool(4, "t-join")
+    release = threading.Event()
+    started = [threading.Event() for _ in range(3)]
+    for e in started:
+        pool.submit(lambda e=e: (e.set(), release.wait(30)))
+    assert all(e.wait(5) for e in started)
+    t0 = time.monotonic()
+    assert pool.shutdown(wait=True, timeout=1.0) is False  # three calls still running
+    # One bound for the three threads: a timeout per thread would take 3 s (not a speed
+    # figure: the semantics of `timeout`, with a wide margin).
+    assert time.monotonic() - t0 < 2.5
+    release.set()
+    assert pool.shutdown(wait=True, timeout=10) is True
+    assert not _pool_threads("t-join")
