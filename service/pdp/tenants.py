@@ -60,9 +60,9 @@ class BundleSources:
         except OSError as exc:
             return Tenants(sources, unreadable=f"cannot list {self._dir}: {exc.strerror}")
         for p in entries:
-            name = p.name
-            for suffix in ARCHIVE_SUFFIXES:
-                name = name.removesuffix(suffix)
+            # One archive suffix off, as the file was named: `x.tgz.tar.gz` is tenant
+            # `x.tgz`, never `x` (stripping every suffix made two files one tenant).
+            name = next((p.name[: -len(s)] for s in ARCHIVE_SUFFIXES if p.name.endswith(s)), p.name)
             if p.name.startswith(".") or not (name != p.name or p.is_dir()):
                 continue
             if not TENANT_NAME.fullmatch(name):

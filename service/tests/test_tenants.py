@@ -13,6 +13,7 @@ import pytest
 from pdp._proto.v1 import authorization_pb2 as pb
 from pdp._proto.v1 import value_pb2 as vpb
 from pdp.bundle_files import build_archive, read_bundle_files
+from pdp.tenants import BundleSources
 
 from .support import DOCS_BUNDLE, REPO, pdp_command, running_server
 
@@ -95,3 +96,20 @@ def test_the_start_up_log_names_each_tenant_and_its_source(tenants_dir: Path) ->
         assert srv.wait_for_log("listening on").endswith("tenants: acme, docs")
     with running_server(["--no-watch"]) as srv:  # nothing configured: the built-in default
         srv.wait_for_log(r"tenant default: serving bundle default .*\(built-in default\)")
+
+
+def test_a_bundles_dir_archive_loses_one_suffix_only(tenants_dir: Path) -> None:
+    """`x.tgz.tar.gz` was served as tenant `x` (every suffix stripped): beside `x.tgz` the
+    two files were one tenant's conflict, and alone it named a tenant it does not say."""
+    archive = build_archive(read_bundle_files(DOCS_BUNDLE))
+    for name in ("x.tgz.tar.gz", "x.tgz", "y.tar.gz.tgz", "z.tar.gz"):
+        (tenants_dir / name).write_bytes(archive)
+    found = BundleSources({}, tenants_dir).scan()
+    assert not found.conflicts and not found.ignored
+    assert {t: s.path.name for t, s in found.sources.items()} == {
+        "acme": "acme",
+        "x.tgz": "x.tgz.tar.gz",
+        "x": "x.tgz",
+        "y.tar.gz": "y.tar.gz.tgz",
+        "z": "z.tar.gz",
+    }
