@@ -125,6 +125,18 @@ def main(argv: list[str]) -> int:
         "one at a time shows what each costs; none: both servers off (an A/A run)",
     )
     p.add_argument(
+        "--base-hooks",
+        default="none",
+        help="the hooks the 'off' server has (default none): with --source, an A/B of "
+        "two revisions with the same hooks",
+    )
+    p.add_argument(
+        "--source",
+        type=Path,
+        help="a checkout (or `git archive` of one) whose service/ the 'on' server runs",
+    )
+    p.add_argument("--base-source", type=Path, help="the same for the 'off' server")
+    p.add_argument(
         "--together",
         action="store_true",
         help="load both servers at once and compare calls per server CPU-second",
@@ -132,9 +144,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/cedar-pdp-ops"))
     a = p.parse_args(argv)
     # "none": both servers alike, an A/A run that shows what the method reads as no cost.
-    hooks = set() if a.hooks == "none" else set(a.hooks.split(","))
-    if not hooks <= {"metrics", "log", "trace"}:
-        p.error(f"--hooks: {a.hooks}: each of metrics, log, trace")
+    hooks, base_hooks = (
+        set() if h == "none" else set(h.split(",")) for h in (a.hooks, a.base_hooks)
+    )
+    if not hooks | base_hooks <= {"metrics", "log", "trace"}:
+        p.error("--hooks, --base-hooks: each of metrics, log, trace, or none")
     work = a.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.sched_setaffinity(0, {int(c) for c in a.loadgen_cpu.split(",")})
@@ -164,30 +178,28 @@ def main(argv: list[str]) -> int:
         serve_arg=["--admin-listen=off"], server_cpu=a.server_cpu, loadgen_cpu=a.loadgen_cpu,
     )  # fmt: skip
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_file = work / f"decisions-{stamp}.jsonl"
-    servers = {
-        "off": load.start_server(
+    log_file = work / f"on-{stamp}.jsonl"
+
+    def start(side: str, hooks: set[str], source: Path | None) -> load.Server:
+        env = traced if "trace" in hooks else base
+        if source is not None:  # another revision's package first on the path
+            env = {**env, "PYTHONPATH": str(source.resolve() / "service")}
+        return load.start_server(
             args,  # type: ignore[arg-type]
             work,
-            f"{stamp}-off",
-            extra=["--metrics-listen=off", "--decision-log=off"],
-            env=base,
-        ),
-        "on": load.start_server(
-            args,  # type: ignore[arg-type]
-            work,
-            f"{stamp}-on",
+            f"{stamp}-{side}",
             extra=[
                 *([] if "metrics" in hooks else ["--metrics-listen=off"]),
                 *(
-                    ["--decision-log=file", f"--decision-log-file={log_file}"]
+                    ["--decision-log=file", f"--decision-log-file={work / f'{side}-{stamp}.jsonl'}"]
                     if "log" in hooks
                     else ["--decision-log=off"]
                 ),
             ],
-            env=traced if "trace" in hooks else base,
-        ),
-    }
+            env=env,
+        )
+
+    servers = {"off": start("off", base_hooks, a.base_source), "on": start("on", hooks, a.source)}
     try:
         lengths = {side: load.verify(s, bodies, a.shapes) for side, s in servers.items()}
         flight = ["-c", "4", "-m", str(max(1, a.in_flight // 4))]
