@@ -90,12 +90,27 @@ _PAIR_VALUE = re.compile(r"(?:[^\s&;,\"'<>%]|%(?!(?i:2[026-7c]|3b))[0-9A-Fa-f]{0
 # and at least 5 characters (`pin=4`: the shortest secret name, a separator, a value).
 MIN_SECRET_CHARS = 5
 # What may stand between two groups of a card number: spaces of any kind, tabs, line
-# breaks, dots, dashes (Unicode's too: en and em dash, minus, non-breaking hyphen), the
-# `+` of form encoding (`card=4111+1111+...`), and the invisible ones a copy and paste
-# carries or a caller slips in to hide the digits' run: soft hyphen, zero-width space,
-# (non-)joiners, word joiner, byte-order mark.
-_SEP = r"\s.\-+\u00ad\u200b-\u200d\u2010-\u2015\u2060\u2212\ufeff"
-_GATE = re.compile(r"\d[" + _SEP + r"]{0,3}\d|e[w-z0-9_-]|(?i:bearer|basic)|[=:%]")
+# breaks, dots, dashes (Unicode's too: en and em dash, minus, non-breaking hyphen) and the
+# `+` of form encoding (`card=4111+1111+...`).
+_SEP = r"\s.\-+\u2010-\u2015\u2212"
+# Characters that show nothing: Unicode's format characters (category Cf: soft hyphen,
+# zero-width space and joiners, bidi marks, embeddings and isolates, word joiner, BOM,
+# tags, ...) and the other default-ignorable code points (combining grapheme joiner,
+# variation selectors, Hangul fillers, Mongolian selectors, and the ranges Unicode keeps
+# ignorable for later). A copy and paste carries them (phones wrap numbers in bidi
+# marks), and a caller can slip them between a card's digits: the detectors see the text
+# without them (`_visible`). Complete as of unicodedata 14.0 (a test checks every Cf).
+_INVISIBLE_CLASS = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\ufff0-\ufffb\uffa0"
+    "\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0000-\U000e0fff"
+)
+_INVISIBLE = re.compile("[" + _INVISIBLE_CLASS + "]+")
+_GATE = re.compile(
+    r"\d[" + _SEP + r"]{0,3}\d|e[w-z0-9_-]|(?i:bearer|basic)|[=:%]|[" + _INVISIBLE_CLASS + "]"
+)
 # The same over a whole JSON text, plus what it cannot see through: an escape (`\u0034` is a
 # digit), a string that may need cutting (a long run without a quote), any key or text that
 # may name a secret once lower-cased and stripped to letters and digits.
@@ -308,7 +323,20 @@ def mask_text(text: str, hits: list[str]) -> str:
     kind of each mask is appended to `hits`."""
     if not may_hold_secret(text):
         return text
-    return mask_all(text, hits)
+    if _INVISIBLE.search(text) is None:
+        return mask_all(text, hits)
+    # The detectors see the text as it shows, and a text they mask is written so: a card
+    # with invisible characters between (or around) its groups is a card, and they count
+    # for nothing in a gap. A text with nothing to mask is written as it was sent.
+    found = len(hits)
+    out = mask_all(_visible(text), hits)
+    return out if len(hits) > found else text
+
+
+def _visible(text: str) -> str:
+    """`text` as it shows: without its invisible characters. Digits they part are one
+    run, as on screen (`2<soft hyphen>4111 1111 ...` shows as `24111 1111 ...`)."""
+    return _INVISIBLE.sub("", text)
 
 
 def may_hold_secret(text: str) -> bool:
@@ -379,6 +407,7 @@ def json_may_hold_secret(text: str) -> bool:
     change (mask, drop or cut): the pre-check that writes such a text as it is."""
     return (
         _RAW_GATE.search(text) is not None
+        or _INVISIBLE.search(text) is not None  # a value's digits may be parted by them
         or _RAW_SECRET.search(_NOT_ALNUM.sub("", text.lower())) is not None
     )
 
@@ -389,12 +418,19 @@ _ESCAPE = re.compile(
     r"\\+(?:u\{([0-9a-fA-F]{1,6})\}|u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|U([0-9a-fA-F]{8})"
     r"|([ntr0fvb]))"
 )
+# JSON writes a character past U+FFFF as two escaped surrogates (`\ud804\udcbd`).
+_SURROGATE_PAIR = re.compile(r"\\+u([dD][89abAB][0-9a-fA-F]{2})\\+u([dD][c-fC-F][0-9a-fA-F]{2})")
 _SIMPLE_ESCAPES = {
     "n": "\n", "t": "\t", "r": "\r", "0": "\0", "f": "\f", "v": "\v", "b": " "
 }  # fmt: skip
 # An escape is at most this long (`\U0010ffff`): unescaping this many times the scanned
 # window's characters covers all of it, and bounds the work on a long message.
 _LONGEST_ESCAPE = 10
+
+
+def _paired(m: re.Match[str]) -> str:
+    high, low = int(m[1], 16), int(m[2], 16)
+    return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
 
 
 def _unescaped(m: re.Match[str]) -> str:
@@ -471,11 +507,19 @@ class Masker:
         """An error message, which may quote a caller's string escaped (Cedar's and
         Python's `\\n`, `\\u{a0}`, `\\xa0`, JSON's `\\u00a0`): the escapes are read
         back first, so a card number written with newlines between its groups is seen
-        as one. Then `text`."""
-        if "\\" in value:
-            head = value[: (limit + _STRADDLE) * _LONGEST_ESCAPE]
-            value = _ESCAPE.sub(_unescaped, head) + value[len(head) :]
-        return self.text(value, stats, where, limit)
+        as one. Then `text`. A message with nothing to mask is written as it came, its
+        escapes kept (`C:\\runbooks\\new` is not a line break)."""
+        if "\\" not in value:
+            return self.text(value, stats, where, limit)
+        cut = (limit + _STRADDLE) * _LONGEST_ESCAPE
+        head = _ESCAPE.sub(_unescaped, _SURROGATE_PAIR.sub(_paired, value[:cut]))
+        own = Stats()
+        out = self.text(head + value[cut:], own, where, limit)
+        if not own.masked:
+            return self.text(value, stats, where, limit)
+        stats.masked += own.masked
+        stats.truncated |= own.truncated
+        return out
 
     def tree_text(self, root: str, text: str, stats: Stats, budget: int) -> str:
         """A JSON text (`context` or `entities`), masked, as one line of JSON; OverBudget

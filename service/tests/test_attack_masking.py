@@ -21,6 +21,10 @@ SPELLINGS = {
     "fullwidth": "4111111111111111".translate({48 + d: 0xFF10 + d for d in range(10)}),
     "zero-width spaces": "4111\u200b1111\u200b1111\u200b1111",
     "soft hyphens": "4111\u00ad1111\u00ad1111\u00ad1111",
+    "left-to-right marks": "4111\u200e1111\u200e1111\u200e1111",
+    "bidi-wrapped, as a phone copies it": "\u202a4111 1111 1111 1111\u202c",
+    "invisible in wide gaps": "4111 -\u200b 1111 \u00ad- 1111\u2060 \u2060 1111",
+    "variation selectors": "4111\ufe0f1111\ufe0f1111\ufe0f1111",
 }
 
 

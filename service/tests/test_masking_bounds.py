@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import unicodedata
 from collections import Counter
 
 import pytest
@@ -291,6 +293,92 @@ SEPARATORS = [" ", "-", ".", "\t", "\u00a0", "\n", "\r\n", "%20", "  ", " - ", "
 SEPARATORS += ["+", "\u2013", " \u2014 ", "\u2212", "\u2011"]  # form encoding, Unicode dashes
 # Invisible: soft hyphen, zero-width space, zero-width joiner, word joiner, byte-order mark.
 SEPARATORS += ["\u00ad", "\u200b", "\u200d", "\u2060", "\ufeff", " \u200b"]
+# Every character that shows nothing, as the masker knows them (Unicode's Cf and the
+# other default-ignorables): bidi marks, embeddings and isolates, variation selectors,
+# Hangul fillers, tags, ...
+INVISIBLE = [
+    chr(c)
+    for c in range(sys.maxunicode + 1)
+    if unicodedata.category(chr(c)) == "Cf"
+    or c in (0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180F, 0x3164)
+    or 0xFE00 <= c <= 0xFE0F
+    or c == 0xFFA0
+    or 0xE0000 <= c <= 0xE0FFF
+]
+
+
+def test_every_invisible_character_is_known_to_the_masker() -> None:
+    """Each format character (category Cf) and default-ignorable code point: a list of a
+    few by hand let the rest (bidi marks, isolates, variation selectors, ...) hide a card."""
+    known = re.compile("[" + masking._INVISIBLE_CLASS + "]")
+    assert [hex(ord(c)) for c in INVISIBLE if not known.fullmatch(c)] == []
+    visible = [c for c in ("a", "1", " ", "-", "\u00a0", "\ufffc", "\u20e3") if known.match(c)]
+    assert visible == []
+
+
+def test_invisible_characters_count_for_nothing_in_a_card_number() -> None:
+    """Invisible characters anywhere in a card's gaps, next to up to three visible
+    separators, or between its digits, or around it (phones wrap copied numbers in bidi
+    marks), are masked as the same card without them: they never add to a gap."""
+    seen = Counter[str]()
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.sampled_from(PANS),
+        st.lists(st.sampled_from(["", " ", "-", " - ", "  ", ". "]), min_size=3, max_size=3),
+        st.lists(st.sampled_from(INVISIBLE), min_size=1, max_size=6),
+        st.lists(st.integers(0, 40), min_size=6, max_size=6),
+        st.sampled_from(["", "card ", "cvv: ", "Bearer "]),
+    )
+    def prop(pan: str, gaps: list[str], invisible: list[str], at: list[int], lead: str) -> None:
+        spelled = pan[:4] + "".join(g + pan[4 + 4 * k : 8 + 4 * k] for k, g in enumerate(gaps))
+        spelled += pan[16:]
+        for ch, pos in zip(invisible, at, strict=False):
+            pos %= len(spelled) + 1
+            spelled = spelled[:pos] + ch + spelled[pos:]
+        for out in (
+            Masker().text(lead + spelled + " ok", Stats(), "x"),
+            json.dumps(
+                Masker().tree("context", {"v": lead + spelled}, Stats(), 10**6), ensure_ascii=False
+            ),
+            Masker().tree_text(
+                "context", json.dumps({"v": spelled}, ensure_ascii=False), Stats(), 10**6
+            ),
+            Masker().message(json.dumps(spelled), Stats(), "errors"),  # escaped: `\u200e`
+        ):
+            digits = re.sub(r"\D", "", out)
+            assert not any(pan[j : j + 8] in digits for j in range(len(pan) - 7)), (spelled, out)
+        seen[unicodedata.category(invisible[0])] += 1
+        seen["wide gap"] += any(len(g) > 1 for g in gaps)
+
+    prop()
+    assert seen["Cf"] >= 100 and seen["Mn"] >= 5 and seen["wide gap"] >= 100, seen
+
+
+def test_a_text_with_invisible_characters_and_nothing_to_mask_is_written_as_sent() -> None:
+    """Emoji joined by ZWJ next to digits, a bidi-wrapped phone number, a soft-hyphenated
+    word: nothing masked, nothing rewritten."""
+    for text in (
+        "family \U0001f468\u200d\U0001f469\u200d\U0001f467 of 3, room 12",
+        "\u202a+44 20 7946 0958\u202c",
+        "trans\u00adfer 2025-07-19 - 2025-08-01",
+        "1\ufe0f\u20e3 2\ufe0f\u20e3",
+    ):
+        stats = Stats()
+        assert Masker().text(text, stats, "x") == text and stats.masked == 0
+
+
+def test_an_error_message_with_nothing_to_mask_keeps_its_escapes() -> None:
+    """Escapes are read back to find what they hide; a message that hides nothing is
+    written as it came (`C:\\runbooks\\new` is a path, not a line break)."""
+    stats = Stats()
+    note = r"kill switch: see C:\runbooks\new\table.md (\x41 \u{1F600})"
+    assert Masker().message(note, stats, "reason") == note and stats.masked == 0
+    stats = Stats()
+    assert Masker().message(r'id "4111\n1111\n1111\n1111"', stats, "errors") == (
+        'id "<masked:pan>"'
+    )
+    assert stats.masked == 1
 
 
 def test_a_card_number_with_up_to_three_separators_between_groups_is_masked() -> None:
