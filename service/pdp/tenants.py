@@ -60,10 +60,14 @@ class BundleSources:
         except OSError as exc:
             return Tenants(sources, unreadable=f"cannot list {self._dir}: {exc.strerror}")
         for p in entries:
-            # One archive suffix off, as the file was named: `x.tgz.tar.gz` is tenant
-            # `x.tgz`, never `x` (stripping every suffix made two files one tenant).
-            name = next((p.name[: -len(s)] for s in ARCHIVE_SUFFIXES if p.name.endswith(s)), p.name)
-            if p.name.startswith(".") or not (name != p.name or p.is_dir()):
+            # A directory is its name's tenant; an archive loses one suffix, as the file
+            # was named: `x.tgz.tar.gz` is tenant `x.tgz`, never `x` (stripping every
+            # suffix made two files one tenant), and a directory `x.tgz/` is `x.tgz`.
+            is_dir = p.is_dir()
+            name = p.name
+            if not is_dir:
+                name = next((name[: -len(s)] for s in ARCHIVE_SUFFIXES if name.endswith(s)), name)
+            if p.name.startswith(".") or not (name != p.name or is_dir):
                 continue
             if not TENANT_NAME.fullmatch(name):
                 # A name with a newline or a control character would forge log lines

@@ -100,10 +100,12 @@ def test_the_start_up_log_names_each_tenant_and_its_source(tenants_dir: Path) ->
 
 def test_a_bundles_dir_archive_loses_one_suffix_only(tenants_dir: Path) -> None:
     """`x.tgz.tar.gz` was served as tenant `x` (every suffix stripped): beside `x.tgz` the
-    two files were one tenant's conflict, and alone it named a tenant it does not say."""
+    two files were one tenant's conflict, and alone it named a tenant it does not say. A
+    directory's name is not an archive's: `w.tgz/` is tenant `w.tgz`."""
     archive = build_archive(read_bundle_files(DOCS_BUNDLE))
     for name in ("x.tgz.tar.gz", "x.tgz", "y.tar.gz.tgz", "z.tar.gz"):
         (tenants_dir / name).write_bytes(archive)
+    shutil.copytree(DOCS_BUNDLE, tenants_dir / "w.tgz")  # a directory keeps its whole name
     found = BundleSources({}, tenants_dir).scan()
     assert not found.conflicts and not found.ignored
     assert {t: s.path.name for t, s in found.sources.items()} == {
@@ -112,4 +114,5 @@ def test_a_bundles_dir_archive_loses_one_suffix_only(tenants_dir: Path) -> None:
         "x": "x.tgz",
         "y.tar.gz": "y.tar.gz.tgz",
         "z": "z.tar.gz",
+        "w.tgz": "w.tgz",
     }
