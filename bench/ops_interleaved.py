@@ -219,6 +219,7 @@ def main(argv: list[str]) -> int:
             print(f"| round | first | off {unit} | on ({a.hooks}) {unit} | on/off |")
             print("|---|---|---|---|---|")
             ratios, offs, ons = [], [], []
+            cpu: dict[str, list[float]] = {"off": [], "on": []}
             for i in range(a.rounds):
                 order = ["off", "on"] if i % 2 == 0 else ["on", "off"]
                 if a.together:
@@ -230,15 +231,25 @@ def main(argv: list[str]) -> int:
                         {side: lengths[side][shape] for side in order},
                     )
                 else:
-                    got = {
-                        side: one_run(cmds[side], a.duration, work, *lengths[side][shape])
-                        for side in order
-                    }
+                    got = {}
+                    for side in order:
+                        pid, t0 = servers[side].pid, time.monotonic()
+                        c0 = cpu_ticks(pid)
+                        got[side] = one_run(cmds[side], a.duration, work, *lengths[side][shape])
+                        busy = (cpu_ticks(pid) - c0) / os.sysconf("SC_CLK_TCK")
+                        # The server's share of its core while loaded alone: near 100 %
+                        # makes its calls/s its calls per CPU-second (what --together reads).
+                        cpu[side].append(100 * busy / (time.monotonic() - t0))
                 offs.append(got["off"])
                 ons.append(got["on"])
                 ratios.append(got["on"] / got["off"])
                 cells = [str(i + 1), order[0], f"{got['off']:,.1f}", f"{got['on']:,.1f}"]
                 print("| " + " | ".join([*cells, f"{ratios[-1]:.3f}"]) + " |", flush=True)
+            if cpu["off"]:
+                print(
+                    "server CPU while loaded, median of runs: "
+                    + ", ".join(f"{side} {statistics.median(v):.0f} %" for side, v in cpu.items())
+                )
             med = statistics.median(ratios)
             print(
                 f"{shape}: median on/off {med:.3f} (cost {100 * (1 - med):.1f} %; "
