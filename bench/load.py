@@ -225,9 +225,14 @@ def ticks(server_cpu: str | None, loadgen_cpu: str | None, pid: int) -> tuple[in
             a = busy
         elif f[0] == f"cpu{loadgen_cpu or 1}":
             b = busy
+    return a, b, process_ticks(pid)
+
+
+def process_ticks(pid: int) -> int:
+    """utime + stime of every thread of `pid`, in clock ticks (HZ a second)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    return a, b, int(fields[11]) + int(fields[12])
+    return int(fields[11]) + int(fields[12])
 
 
 def wait_quiet(args: argparse.Namespace, pid: int) -> None:

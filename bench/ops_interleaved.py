@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import load  # noqa: E402
 import scenario  # noqa: E402
-from race_interleaved import one_run  # noqa: E402
+from race_interleaved import answered, one_run  # noqa: E402
 
 
 def free_port() -> int:
@@ -67,13 +67,6 @@ def start_sink(cpu: str, port: int, work: Path) -> subprocess.Popen[bytes]:
     raise AssertionError  # unreachable: die exits
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of every thread of `pid`, in clock ticks."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def together(
     cmds: dict[str, list[str]],
     pids: dict[str, int],
@@ -85,7 +78,7 @@ def together(
     checked. The two share the CPU at the scheduler's grain (milliseconds), so a host
     that slows down slows both alike; CPU time, not wall time, is what each call cost."""
     procs, outs = {}, {}
-    t0 = {side: cpu_ticks(pids[side]) for side in cmds}
+    t0 = {side: load.process_ticks(pids[side]) for side in cmds}
     for side, cmd in cmds.items():
         latlog = work / f"latency-{side}.tsv"
         latlog.unlink(missing_ok=True)
@@ -97,14 +90,9 @@ def together(
             load.die(f"h2load failed: {[o.read_text() for o in outs.values()]}")
     got = {}
     for side in cmds:
-        cpu = (cpu_ticks(pids[side]) - t0[side]) / os.sysconf("SC_CLK_TCK")
+        cpu = (load.process_ticks(pids[side]) - t0[side]) / load.HZ
         r = load.parse_run(outs[side].read_text(), work / f"latency-{side}.tsv")
-        ok = (
-            r["failed"] == r["errored"] == r["timeout"] == 0
-            and r["s2xx"] == r["done"]
-            and load.fresh_answers(r["data_bytes"], r["done"], *lengths[side]) is not None
-        )
-        if not ok:
+        if not answered(r, *lengths[side]):
             load.die(f"a run failed its checks: {outs[side].read_text()}")
         got[side] = r["done"] / cpu
     return got
@@ -234,9 +222,9 @@ def main(argv: list[str]) -> int:
                     got = {}
                     for side in order:
                         pid, t0 = servers[side].pid, time.monotonic()
-                        c0 = cpu_ticks(pid)
+                        c0 = load.process_ticks(pid)
                         got[side] = one_run(cmds[side], a.duration, work, *lengths[side][shape])
-                        busy = (cpu_ticks(pid) - c0) / os.sysconf("SC_CLK_TCK")
+                        busy = (load.process_ticks(pid) - c0) / load.HZ
                         # The server's share of its core while loaded alone: near 100 %
                         # makes its calls/s its calls per CPU-second (what --together reads).
                         cpu[side].append(100 * busy / (time.monotonic() - t0))

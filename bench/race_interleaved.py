@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -92,14 +93,19 @@ def one_run(
     out = work / "run.txt"
     load.run_h2load(cmd, ["-D", str(seconds), f"--log-file={latlog}"], seconds, out)
     r = load.parse_run(out.read_text(), latlog)
-    ok = (
+    if check and not answered(r, full, fresh):
+        load.die(f"a run failed its checks: {out.read_text()}")
+    return float(r["rps"])
+
+
+def answered(r: dict[str, Any], full: int, fresh: int) -> bool:
+    """Whether a parsed run (`load.parse_run`) answered every call whole: 2xx, no h2load
+    failure, every response of a verified length (`full`, or `fresh` for an uncached one)."""
+    return (
         r["failed"] == r["errored"] == r["timeout"] == 0
         and r["s2xx"] == r["done"]
         and load.fresh_answers(r["data_bytes"], r["done"], full, fresh) is not None
     )
-    if check and not ok:
-        load.die(f"a run failed its checks: {out.read_text()}")
-    return float(r["rps"])
 
 
 def main(argv: list[str]) -> int:
